@@ -1,0 +1,69 @@
+"""Shared benchmark plumbing: timing (median of repeats after warm-up, device
+synchronised), the machine's measured ceilings, and markdown output."""
+import platform
+import statistics
+import time
+
+import torch
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device: str, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_ceiling(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of a large torch.mm in this run: the compute ceiling to compare with."""
+    n = 8192 if device.startswith("cuda") else 2048
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    t = median_time(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
+    return 2 * n ** 3 / t
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes/s (read + write) of a large device-to-device copy in this run."""
+    n = (1 << 30) if device.startswith("cuda") else (1 << 27)
+    src = torch.empty(n, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    t = median_time(lambda: dst.copy_(src), device, warmup=2, repeats=10)
+    return 2 * n / t
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def fmt(x):
+        if isinstance(x, float):
+            return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+        return str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)

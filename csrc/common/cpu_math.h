@@ -1,0 +1,86 @@
+// Small CPU building blocks shared by the CPU kernels: a row-major sgemm on
+// top of the BLAS that libtorch_cpu carries, a vectorizable expf, and a macro
+// that compiles hot loops for several x86 ISAs (dispatched once at load time).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// GCC emits one copy per target and an ifunc resolver: AVX-512 where the CPU
+// has it, AVX2+FMA, else baseline SSE2. Loops are written so -O3 vectorizes them.
+#define REAL_EXT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define REAL_EXT_CPU_CLONES
+#endif
+// Helpers called from a cloned function must be inlined into each clone to be
+// compiled for its ISA (an out-of-line call runs the baseline code).
+#define REAL_EXT_INLINE inline __attribute__((always_inline))
+
+// Fortran BLAS symbol exported by libtorch_cpu (MKL on x86-64 wheels, OpenBLAS
+// elsewhere). ATen's float cpublas::gemm wraps the same call but is not exported.
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
+                       const int* k, const float* alpha, const float* a, const int* lda,
+                       const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+                       const double* beta, double* c, const int* ldc);
+
+namespace real_ext {
+
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                      const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                      const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+                      const double* a, const int* lda, const double* b, const int* ldb, const double* beta,
+                      double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Row-major C[M x N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T
+// (trans_a: A is stored K x M; trans_b: B is stored N x K). lda/ldb/ldc are
+// row strides in elements. Implemented as the column-major call on C^T.
+template <typename T>
+inline void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  blas_gemm(&ta, &tb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+}
+
+// expf for x in [-inf, 88]: Cephes range reduction and degree-6 polynomial,
+// about 2 ulp. Branch-free so that loops calling it vectorize; rounding uses the
+// 1.5 * 2^23 trick because GCC will not vectorize floorf (trapping math).
+REAL_EXT_INLINE float fast_expf(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  // Below -87.3 the true value is < 1.2e-38: flush to zero (also exp(-inf)).
+  return x <= -87.3f ? 0.f : y * scale;
+}
+
+REAL_EXT_INLINE float exp_t(float x) { return fast_expf(x); }
+inline double exp_t(double x) { return std::exp(x); }
+
+}  // namespace real_ext

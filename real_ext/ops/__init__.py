@@ -1,0 +1,6 @@
+"""Typed wrappers of the compiled ops. Callers never branch on device: the
+dispatcher picks the CPU or CUDA kernel."""
+from real_ext.ops.attention import varlen_attention
+from real_ext.ops.gae import gae
+
+__all__ = ["varlen_attention", "gae"]

@@ -1,0 +1,6 @@
+"""Plain-PyTorch references of every compiled op, with the same signatures.
+Slow and obvious on purpose: tests and benchmarks compare the kernels with them."""
+from real_ext.ref.attention import varlen_attention
+from real_ext.ref.gae import gae
+
+__all__ = ["varlen_attention", "gae"]
