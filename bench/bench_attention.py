@@ -101,6 +101,17 @@ def anchors(lengths, q, k, v, dout, cu, device, backward, use_flex):
     return result
 
 
+def fa2_difference(q, k, v, cu, lengths):
+    """Largest absolute difference between our forward output and varlen_attn's."""
+    from torch.nn.attention.varlen import varlen_attn
+    params = inspect.signature(varlen_attn).parameters
+    causal_kw = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    lmax = max(lengths)
+    theirs = varlen_attn(q, k, v, cu, cu, lmax, lmax, **causal_kw)
+    ours = real_ext.ops.varlen_attention(q, k, v, cu, cu, lmax, lmax)
+    return (ours.float() - theirs.float()).abs().max().item()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -123,7 +134,7 @@ def main():
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.batch,), generator=g).tolist()
     warmup, repeats = (3, max(args.repeats, 20)) if device == "cuda" else (1, args.repeats)
 
-    rows, names = [], None
+    rows, names, agreement = [], None, []
     ceilings = {}
     for dtype in dtypes:
         ceilings[dtype] = matmul_ceiling(device, dtype)
@@ -148,6 +159,9 @@ def main():
                 row += [timed[n] / t_ours if n in timed else "n/a" for n in all_names]
                 row.append(min(timed.values()) / t_ours)
                 rows.append(row)
+                if device == "cuda" and not backward:
+                    agreement.append(f"{str(dtype).replace('torch.', '')} hdim {head_dim}: "
+                                     f"{fa2_difference(q, k, v, cu, lengths):.2e}")
                 print(" ".join(str(x) for x in row), flush=True)
 
     header = (["dtype", "hdim", "pass", "ours ms", "GFLOP/s", "% mm"] + [f"{n} ms" for n in names]
@@ -158,6 +172,8 @@ def main():
              f"(total {sum(lengths)} tokens), {args.heads} heads, causal; median of {repeats} runs.",
              "mm ceiling: " + ", ".join(f"{str(d).replace('torch.', '')} {c / 1e9:.0f} GFLOP/s"
                                         for d, c in ceilings.items()) + "."]
+    if agreement:
+        notes.append("max |ours - varlen_attn| on the forward output (sanity check): " + ", ".join(agreement) + ".")
     if device == "cpu" and not args.no_flex:
         notes.append("flex fwd+bwd: n/a, torch has no flex_attention backward on CPU.")
     text = table + "\n\n" + "\n".join(notes) + "\n"

@@ -30,9 +30,14 @@ cat "$SUMMARY"
 
 # Build in place (no pip: no dependency resolution, no build isolation).
 step build 300 python3 setup.py build_ext --inplace || { tail -50 "$OUT_DIR/build.log"; exit 1; }
-step tests_cuda 180 python3 -m pytest python_tests -m cuda -q -x --no-header -p no:cacheprovider
+{ echo "- compiler: $(grep -o '^[^ ]*g++' "$OUT_DIR/build.log" | sort -u | tr '\n' ' ')";
+  echo "- libstdc++ of _C: $(ldd real_ext/_C*.so | grep -o 'libstdc++[^ ]* => [^ ]*' || echo 'none (static)')"; } >>"$SUMMARY"
+# Worker processes (pytest-xdist): a crashing test is reported as such, the rest still run.
+step tests_cuda 180 python3 -m pytest python_tests -m cuda -q -n 4 --no-header -p no:cacheprovider
 tail -15 "$OUT_DIR/tests_cuda.log"
 step bench_attention 180 python3 bench/bench_attention.py --device cuda --no-flex --out "$OUT_DIR/attention.md"
+step bench_attention_long 120 python3 bench/bench_attention.py --device cuda --no-flex --head-dims 128 \
+  --batch 32 --min-len 512 --max-len 4096 --out "$OUT_DIR/attention_long.md"
 step bench_gae 60 python3 bench/bench_gae.py --device cuda --out "$OUT_DIR/gae.md"
-for f in attention gae; do [ -f "$OUT_DIR/$f.md" ] && { echo; cat "$OUT_DIR/$f.md"; } >>"$SUMMARY"; done
+for f in attention attention_long gae; do [ -f "$OUT_DIR/$f.md" ] && { echo; cat "$OUT_DIR/$f.md"; } >>"$SUMMARY"; done
 echo; cat "$SUMMARY"
