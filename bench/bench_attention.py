@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, markdown_table, matmul_ceiling, median_time  # noqa: E402
+from common import emit, machine, markdown_table, matmul_ceiling, median_time  # noqa: E402
 
 import real_ext  # noqa: E402
 
@@ -177,10 +177,7 @@ def main():
     if device == "cpu" and not args.no_flex:
         notes.append("flex fwd+bwd: n/a, torch has no flex_attention backward on CPU.")
     text = table + "\n\n" + "\n".join(notes) + "\n"
-    print("\n" + text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

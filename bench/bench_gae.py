@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, markdown_table, median_time  # noqa: E402
+from common import emit, machine, markdown_table, median_time  # noqa: E402
 
 import real_ext  # noqa: E402
 from real_ext import ref  # noqa: E402
@@ -69,10 +69,7 @@ def main():
     table = markdown_table(["case", "tokens", "ours ms", "padded torch loop ms", "ref (py, f64) ms",
                             "x vs padded loop", "x vs ref"], rows)
     text = table + f"\n\nMachine: {machine(device)}; float32, gamma={gamma}, lam={lam}.\n"
-    print("\n" + text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,11 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def emit(text: str, out_path: str | None) -> None:
+    """Print the result block and, when asked, write it to a markdown file."""
+    print("\n" + text)
+    if out_path:
+        with open(out_path, "w") as f:
+            f.write(text)

@@ -37,6 +37,10 @@ VarlenAttnShape check_varlen_attn_args(const char* op, const at::Tensor& q, cons
                         cu_seqlens_q.size(0) == cu_seqlens_k.size(0),
                     op, ": cu_seqlens_q and cu_seqlens_k must both be (batch+1,), got ", shape_str(cu_seqlens_q),
                     " and ", shape_str(cu_seqlens_k));
+  // The CUDA kernels put heads and sequences on grid axes y and z.
+  REAL_EXT_CHECK_VALUE(!cuda || (cu_seqlens_q.size(0) - 1 <= 65535 && q.size(1) <= 65535), op,
+                       ": on CUDA at most 65535 sequences and 65535 heads per call, got ", cu_seqlens_q.size(0) - 1,
+                       " sequences and ", q.size(1), " heads; split the batch");
   VarlenAttnShape s;
   s.batch = cu_seqlens_q.size(0) - 1;
   s.total_q = q.size(0);

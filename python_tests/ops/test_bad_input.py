@@ -54,14 +54,15 @@ def test_varlen_attention_bad_input(make, exc, message):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_varlen_attention_mixed_devices():
+def test_varlen_attention_cuda_limits():
     args = _attn_args(device="cuda")
     args["cu_seqlens_q"] = args["cu_seqlens_q"].cpu()
     with pytest.raises(ValueError, match="cu_seqlens_q is on cpu but q is on cuda"):
         ops.varlen_attention(**args)
-    args = _attn_args(device="cuda", d=20)
     with pytest.raises(ValueError, match="head_dim must be a multiple of 8"):
-        ops.varlen_attention(**args)
+        ops.varlen_attention(**_attn_args(device="cuda", d=20))
+    with pytest.raises(ValueError, match="at most 65535 sequences"):
+        ops.varlen_attention(**_attn_args(device="cuda", lengths=[1] * 65536))
 
 
 def _gae_args(device="cpu"):
