@@ -1,0 +1,152 @@
+"""The decoder's layers as small modules over packed tokens (T, hidden), with
+Megatron tensor parallelism: q/k/v/gate/up column-parallel, o/down
+row-parallel, norms replicated. Attention uses real_ext.ops.varlen_attention."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from real_ext import ops
+from real_ext.model.config import ModelConfig
+from real_ext.parallel.comm import copy_to_tp, reduce_from_tp
+
+
+class Linear(nn.Module):
+    """Holds a (local) weight (out, in) and optional bias; applied functionally."""
+
+    def __init__(self, out_features: int, in_features: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=True)
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Norm(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.kind, self.eps = config.norm, config.norm_eps
+        self.weight = nn.Parameter(torch.empty(config.hidden_size))
+        self.bias = nn.Parameter(torch.empty(config.hidden_size)) if config.norm == "layer" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer":
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        # RMSNorm in float32, as the reference implementations do.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies (head_dim / 2,) with the configured scaling (float32)."""
+    d = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    params = config.rope_params()
+    kind = params.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / float(params["factor"])
+    elif kind == "llama3":
+        factor, low, high = float(params["factor"]), float(params["low_freq_factor"]), float(params["high_freq_factor"])
+        old_len = float(params["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = torch.where(medium, smoothed, scaled)
+    return inv
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos, sin of shape (T, 1, head_dim) for positions (T,)."""
+    freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class PackedInfo:
+    """Per-forward facts about a packed batch, computed once and shared by layers."""
+
+    def __init__(self, cu_seqlens: torch.Tensor):
+        self.cu_seqlens = cu_seqlens
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        self.max_len = int(lengths.max()) if lengths.numel() else 0
+        total = int(cu_seqlens[-1])
+        starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths.long(), output_size=total)
+        self.positions = torch.arange(total, device=cu_seqlens.device) - starts
+        self.rope = None  # (cos, sin), filled by the model when it uses rope
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, heads: int, kv_heads: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, config.head_dim
+        self.q_proj = Linear(heads * config.head_dim, config.hidden_size, config.qkv_bias)
+        self.k_proj = Linear(kv_heads * config.head_dim, config.hidden_size, config.qkv_bias)
+        self.v_proj = Linear(kv_heads * config.head_dim, config.hidden_size, config.qkv_bias)
+        self.o_proj = Linear(config.hidden_size, heads * config.head_dim, config.o_bias)
+
+    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group) -> torch.Tensor:
+        x = copy_to_tp(x, tp_group)
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(t, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(t, self.kv_heads, self.head_dim)
+        if info.rope is not None:
+            q, k = apply_rope(q, *info.rope), apply_rope(k, *info.rope)
+        out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens, info.max_len, info.max_len,
+                                   causal=True, softmax_scale=1.0 / math.sqrt(self.head_dim))
+        # Row-parallel: reduce the partial products first, add the bias once.
+        out = reduce_from_tp(F.linear(out.reshape(t, -1), self.o_proj.weight), tp_group)
+        return out if self.o_proj.bias is None else out + self.o_proj.bias
+
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, intermediate: int):
+        super().__init__()
+        self.act = _ACTIVATIONS[config.activation]
+        if config.gated_mlp:
+            self.gate_proj = Linear(intermediate, config.hidden_size, config.mlp_bias)
+        else:
+            self.gate_proj = None
+        self.up_proj = Linear(intermediate, config.hidden_size, config.mlp_bias)
+        self.down_proj = Linear(config.hidden_size, intermediate, config.mlp_bias)
+
+    def forward(self, x: torch.Tensor, tp_group) -> torch.Tensor:
+        x = copy_to_tp(x, tp_group)
+        h = self.act(self.gate_proj(x)) * self.up_proj(x) if self.gate_proj is not None else self.act(self.up_proj(x))
+        out = reduce_from_tp(F.linear(h, self.down_proj.weight), tp_group)
+        return out if self.down_proj.bias is None else out + self.down_proj.bias
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, heads: int, kv_heads: int, intermediate: int):
+        super().__init__()
+        self.input_layernorm = Norm(config)
+        self.self_attn = Attention(config, heads, kv_heads)
+        self.post_attention_layernorm = Norm(config)
+        self.mlp = MLP(config, intermediate)
+
+    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), info, tp_group)
+        return x + self.mlp(self.post_attention_layernorm(x), tp_group)
