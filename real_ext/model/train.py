@@ -145,7 +145,8 @@ class Trainer:
         model, ctx = self.model, self.ctx
         mbs = batch.split(min(n_microbatches, batch.n_seqs))
         weights = [float(loss_weight(mb)) for mb in mbs]
-        total = torch.tensor(sum(weights), dtype=torch.float64)
+        # Collectives run on the model's device (NCCL needs CUDA tensors).
+        total = torch.tensor(sum(weights), dtype=torch.float64, device=model.flat.device)
         all_reduce_(total, ctx.dp_group)
         total = float(total)
         if total <= 0:
@@ -229,7 +230,7 @@ class Trainer:
             names = [keys]
             dist.broadcast_object_list(names, src=ctx.stage_rank(ctx.pp - 1), group=ctx.pp_group)
             keys = names[0]
-        buf = torch.zeros(len(keys), dtype=torch.float64)
+        buf = torch.zeros(len(keys), dtype=torch.float64, device=self.model.flat.device)
         for w, st in records:
             for i, k in enumerate(keys):
                 buf[i] += w * st[k]
