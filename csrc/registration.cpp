@@ -25,4 +25,29 @@ TORCH_LIBRARY(real_ext, m) {
   m.def(
       "gae(Tensor rewards, Tensor values, Tensor cu_seqlens, Tensor bootstrap, float gamma,"
       " float lam) -> (Tensor advantages, Tensor returns)");
+
+  // Parameter reallocation (csrc/realloc). Shards: (N, 8) int64 rows of
+  // [rank, param, r0, r1, c0, c1, offset, ld]: `param`'s box [r0,r1)x[c0,c1) sits
+  // row-major at `offset` (row stride `ld`) in `rank`'s flat buffer. params: (P, 2)
+  // int64 [rows, cols]. transfers: (M, 11) int64 rows of [src_rank, dst_rank, param,
+  // r0, r1, c0, c1, src_offset, src_ld, dst_offset, dst_ld]; stats: (3,) int64
+  // [elements moved, elements lower bound, elements copied locally].
+  m.def(
+      "realloc_plan(Tensor params, Tensor src_shards, Tensor dst_shards, int workers_per_node,"
+      " int split_elements) -> (Tensor transfers, Tensor stats)");
+  // "" when every destination element is written exactly once, else the first problem.
+  m.def("realloc_verify(Tensor params, Tensor src_shards, Tensor dst_shards, Tensor transfers) -> str");
+  // boxes: (n, 5) int64 CPU [offset, ld, rows, cols, buffer_offset] (elements).
+  // pack_into gathers the boxes of `flat` into the contiguous `buffer` (reused
+  // staging memory); unpack_ scatters `buffer` back:
+  // flat = eta * buffer + (1 - eta) * flat (eta = 1: a copy).
+  m.def("realloc_pack_into(Tensor flat, Tensor boxes, Tensor(a!) buffer) -> ()");
+  m.def("realloc_unpack_(Tensor(a!) flat, Tensor buffer, Tensor boxes, float eta) -> ()");
+  // Runs a plan on every rank of the process group registered as `group_name`
+  // (ProcessGroup.group_name in Python; its ranks are the ranks the plan names):
+  // local copies, then paired send/recv steps with at most max_buffer_bytes of
+  // staging memory; src/dst are None on ranks outside the source/destination mesh.
+  m.def(
+      "realloc_execute(Tensor transfers, Tensor? src_flat, Tensor(a!)? dst_flat,"
+      " str group_name, int max_buffer_bytes, float eta) -> ()");
 }

@@ -1,0 +1,83 @@
+// Torch glue of the CUDA pack/unpack kernels (built only with a CUDA torch).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/check.h"
+#include "realloc/pack_checks.h"
+#include "realloc/pack_launch.h"
+
+namespace real_ext::realloc {
+namespace {
+
+// The validated box list, on the flat buffer's device.
+at::Tensor device_boxes(const std::vector<PackBox>& boxes, const at::Device& device) {
+  at::Tensor host = at::empty({static_cast<int64_t>(boxes.size() * sizeof(PackBox))}, at::kByte);
+  std::memcpy(host.data_ptr(), boxes.data(), boxes.size() * sizeof(PackBox));
+  return host.to(device);
+}
+
+void check_launch(const char* op, cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
+}
+
+void realloc_pack_into_cuda(const at::Tensor& flat, const at::Tensor& boxes, at::Tensor& buffer) {
+  check_flat("realloc_pack_into", "flat", flat);
+  check_flat("realloc_pack_into", "buffer", buffer);
+  REAL_EXT_CHECK_TYPE(buffer.scalar_type() == flat.scalar_type(), "realloc_pack_into: buffer dtype ",
+                      buffer.scalar_type(), " differs from flat dtype ", flat.scalar_type());
+  REAL_EXT_CHECK_VALUE(buffer.device() == flat.device(), "realloc_pack_into: buffer is on ", buffer.device(),
+                       " but flat is on ", flat.device());
+  const std::vector<PackBox> bx = read_pack_boxes("realloc_pack_into", boxes, flat.numel(), buffer.numel());
+  const c10::cuda::CUDAGuard guard(flat.device());
+  const at::Tensor dev = device_boxes(bx, flat.device());
+  check_launch("realloc_pack_into",
+               realloc_copy_boxes_cuda(const_cast<void*>(flat.data_ptr()), buffer.data_ptr(),
+                                       reinterpret_cast<const PackBox*>(dev.data_ptr()),
+                                       static_cast<int64_t>(bx.size()), flat.element_size(), false,
+                                       at::cuda::getCurrentCUDAStream()));
+}
+
+PackDType pack_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return PackDType::kFloat32;
+    case at::kDouble: return PackDType::kFloat64;
+    case at::kBFloat16: return PackDType::kBFloat16;
+    case at::kHalf: return PackDType::kFloat16;
+    default: REAL_EXT_CHECK_TYPE(false, "realloc_unpack_: EMA needs a floating dtype, got ", t);
+  }
+  return PackDType::kFloat32;
+}
+
+void realloc_unpack_cuda(at::Tensor& flat, const at::Tensor& buffer, const at::Tensor& boxes, double eta) {
+  check_flat("realloc_unpack_", "flat", flat);
+  check_flat("realloc_unpack_", "buffer", buffer);
+  REAL_EXT_CHECK_TYPE(buffer.scalar_type() == flat.scalar_type(), "realloc_unpack_: buffer dtype ",
+                      buffer.scalar_type(), " differs from flat dtype ", flat.scalar_type());
+  REAL_EXT_CHECK_VALUE(buffer.device() == flat.device(), "realloc_unpack_: buffer is on ", buffer.device(),
+                       " but flat is on ", flat.device());
+  REAL_EXT_CHECK_VALUE(eta >= 0.0 && eta <= 1.0, "realloc_unpack_: eta must be in [0, 1], got ", eta);
+  const std::vector<PackBox> bx = read_pack_boxes("realloc_unpack_", boxes, flat.numel(), buffer.numel());
+  const c10::cuda::CUDAGuard guard(flat.device());
+  const at::Tensor dev = device_boxes(bx, flat.device());
+  const auto* d = reinterpret_cast<const PackBox*>(dev.data_ptr());
+  const int64_t n = static_cast<int64_t>(bx.size());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (eta == 1.0) {
+    check_launch("realloc_unpack_", realloc_copy_boxes_cuda(flat.data_ptr(), const_cast<void*>(buffer.data_ptr()), d,
+                                                            n, flat.element_size(), true, stream));
+  } else {
+    check_launch("realloc_unpack_", realloc_unpack_ema_cuda(flat.data_ptr(), buffer.data_ptr(), d, n,
+                                                            pack_dtype(flat.scalar_type()), eta, stream));
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(real_ext, CUDA, m) {
+  m.impl("realloc_pack_into", &realloc_pack_into_cuda);
+  m.impl("realloc_unpack_", &realloc_unpack_cuda);
+}
+
+}  // namespace real_ext::realloc

@@ -1,0 +1,76 @@
+"""pack / unpack_ (the reallocation staging kernels) against the slicing
+reference in real_ext.ref, on CPU and CUDA."""
+import numpy as np
+import pytest
+import torch
+
+from real_ext import ops, ref
+from python_tests.conftest import DEVICES
+
+
+def _boxes(flat_numel, seed, n=17):
+    """Random non-overlapping strided boxes inside a flat buffer of flat_numel."""
+    rng = np.random.default_rng(seed)
+    boxes, buf, start = [], 0, 0
+    for _ in range(n):
+        rows, cols = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        ld = cols + int(rng.integers(0, 7))
+        need = (rows - 1) * ld + cols
+        if start + need > flat_numel:
+            break
+        boxes.append([start, ld, rows, cols, buf])
+        buf += rows * cols
+        start += need + int(rng.integers(0, 5))
+    boxes.append([start, 1, 0, 0, buf])  # an empty box is allowed
+    boxes.append([0, 1, 1, 70000, buf])  # one row longer than a kernel segment
+    return torch.tensor(boxes, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int8])
+def test_pack_unpack_round_trip(device, dtype):
+    flat = (torch.randn(80000) * 50).to(dtype).to(device)
+    boxes = _boxes(3000, seed=0)
+    packed = ops.pack(flat, boxes)
+    assert torch.equal(packed.cpu(), ref.pack(flat.cpu(), boxes))
+    target = torch.zeros_like(flat)
+    ops.unpack_(target, packed, boxes)
+    assert torch.equal(target.cpu(), ref.unpack_(torch.zeros_like(flat).cpu(), packed.cpu(), boxes))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_into_reused_buffer(device):
+    flat = torch.randn(80000, device=device)
+    boxes = _boxes(3000, seed=1)
+    staging = torch.full((200000,), float("nan"), device=device)
+    out = ops.pack(flat, boxes, out=staging)
+    n = ref.pack(flat.cpu(), boxes).numel()
+    assert out is staging and torch.equal(staging[:n].cpu(), ref.pack(flat.cpu(), boxes))
+    assert torch.isnan(staging[n:]).all()  # nothing past the packed part is touched
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_unpack_ema(device, dtype):
+    flat = torch.randn(80000, dtype=torch.float64).to(dtype).to(device)
+    boxes = _boxes(2000, seed=2)
+    update = torch.randn(int((boxes[:, 2] * boxes[:, 3]).sum()), dtype=torch.float64).to(dtype).to(device)
+    out = ops.unpack_(flat.clone(), update, boxes, eta=0.25)
+    expected = ref.unpack_(flat.cpu().clone(), update.cpu(), boxes, eta=0.25)
+    # one rounding of the blend in float32 (bf16: the final cast) against the float64 blend
+    tol = {torch.float64: 1e-15, torch.float32: 1e-6, torch.bfloat16: 2e-2}[dtype]
+    assert (out.cpu().double() - expected.double()).abs().max() <= tol * 4
+
+
+def test_bad_boxes():
+    flat, box = torch.zeros(100), torch.tensor([[0, 10, 2, 10, 0]])
+    with pytest.raises(ValueError, match="reaches past the flat buffer"):
+        ops.pack(flat, torch.tensor([[90, 10, 2, 10, 0]]))
+    with pytest.raises(ValueError, match="reaches past the staging buffer"):
+        ops.pack(flat, box, out=torch.zeros(19))
+    with pytest.raises(ValueError, match=r"boxes must be an int64 CPU tensor \(n, 5\)"):
+        torch.ops.real_ext.realloc_pack_into(flat, torch.tensor([[0, 10, 2, 10]]), torch.zeros(20))
+    with pytest.raises(TypeError, match="buffer dtype"):
+        ops.unpack_(flat, torch.zeros(20, dtype=torch.float64), box)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        ops.unpack_(flat, torch.zeros(20), box, eta=1.5)
