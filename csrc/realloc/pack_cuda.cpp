@@ -4,6 +4,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "common/check.h"
 #include "realloc/pack_checks.h"
 #include "realloc/pack_launch.h"
@@ -16,6 +19,12 @@ at::Tensor device_boxes(const std::vector<PackBox>& boxes, const at::Device& dev
   at::Tensor host = at::empty({static_cast<int64_t>(boxes.size() * sizeof(PackBox))}, at::kByte);
   std::memcpy(host.data_ptr(), boxes.data(), boxes.size() * sizeof(PackBox));
   return host.to(device);
+}
+
+int64_t max_segments(const std::vector<PackBox>& boxes, int64_t elem_bytes) {
+  int64_t m = 0;
+  for (const PackBox& b : boxes) m = std::max(m, pack_segments(b, elem_bytes));
+  return m;
 }
 
 void check_launch(const char* op, cudaError_t err) {
@@ -35,7 +44,8 @@ void realloc_pack_into_cuda(const at::Tensor& flat, const at::Tensor& boxes, at:
   check_launch("realloc_pack_into",
                realloc_copy_boxes_cuda(const_cast<void*>(flat.data_ptr()), buffer.data_ptr(),
                                        reinterpret_cast<const PackBox*>(dev.data_ptr()),
-                                       static_cast<int64_t>(bx.size()), flat.element_size(), false,
+                                       static_cast<int64_t>(bx.size()), flat.element_size(),
+                                       max_segments(bx, flat.element_size()), false,
                                        at::cuda::getCurrentCUDAStream()));
 }
 
@@ -66,10 +76,12 @@ void realloc_unpack_cuda(at::Tensor& flat, const at::Tensor& buffer, const at::T
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (eta == 1.0) {
     check_launch("realloc_unpack_", realloc_copy_boxes_cuda(flat.data_ptr(), const_cast<void*>(buffer.data_ptr()), d,
-                                                            n, flat.element_size(), true, stream));
+                                                            n, flat.element_size(),
+                                                            max_segments(bx, flat.element_size()), true, stream));
   } else {
     check_launch("realloc_unpack_", realloc_unpack_ema_cuda(flat.data_ptr(), buffer.data_ptr(), d, n,
-                                                            pack_dtype(flat.scalar_type()), eta, stream));
+                                                            pack_dtype(flat.scalar_type()), max_segments(bx, 2),
+                                                            eta, stream));
   }
 }
 

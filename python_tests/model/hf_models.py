@@ -47,6 +47,7 @@ def hf_logits_per_sequence(model, input_ids, cu_seqlens):
     for i, (s, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
         ids[i, :n] = input_ids[s:s + n]
         mask[i, :n] = 1
+    device = next(model.parameters()).device
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     return torch.cat([logits[i, :n] for i, n in enumerate(lengths)])
