@@ -45,9 +45,11 @@ TORCH_LIBRARY(real_ext, m) {
   m.def("realloc_unpack_(Tensor(a!) flat, Tensor buffer, Tensor boxes, float eta) -> ()");
   // Runs a plan on every rank of the process group registered as `group_name`
   // (ProcessGroup.group_name in Python; its ranks are the ranks the plan names):
-  // local copies, then paired send/recv steps with at most max_buffer_bytes of
+  // contiguous pieces sent straight, local copies, then staged pieces in paired
+  // send/recv steps with at most max_buffer_bytes of
   // staging memory; src/dst are None on ranks outside the source/destination mesh.
+  // Returns the staging bytes it allocated (<= max_buffer_bytes).
   m.def(
       "realloc_execute(Tensor transfers, Tensor? src_flat, Tensor(a!)? dst_flat,"
-      " str group_name, int max_buffer_bytes, float eta) -> ()");
+      " str group_name, int max_buffer_bytes, float eta) -> int");
 }

@@ -1,13 +1,15 @@
 // Carries out a reallocation plan on one rank over a c10d ProcessGroup (gloo on
-// CPU, NCCL on GPU: the same code). Order of work, identical on every rank:
-//   1. pieces this rank already holds: pack + unpack locally;
-//   2. steps k = 1 .. size-1: send to (rank + k) % size, receive from
-//      (rank - k) % size, so every step pairs each sender with one receiver and
-//      no two ranks can wait on each other.
-// Each peer message is cut into chunks of at most max_buffer_bytes / 3 (two
-// send buffers, so the next chunk is packed while the last one is on the wire,
-// and one receive buffer, all allocated once), the cut computed identically by
-// sender and receiver.
+// CPU, NCCL on GPU: the same code). Each peer message is cut into chunks of at
+// most max_buffer_bytes / 4, the cut computed identically by sender and
+// receiver. Order of work, identical on every rank:
+//   1. chunks that are one contiguous box in both buffers: every send and
+//      receive posted at once, straight from / into the flat buffers;
+//   2. pieces this rank already holds: copied locally (overlapping 1);
+//   3. the other chunks, staged: steps k = 1 .. size-1 send to (rank + k) % size
+//      and receive from (rank - k) % size, so every step pairs each sender with
+//      one receiver and no two ranks wait on each other; two send buffers (the
+//      next chunk is packed while the last is on the wire) and two receive
+//      buffers (the next chunk lands while the last is unpacked), allocated once.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
@@ -30,38 +32,107 @@ struct Chunk {
   int64_t elements = 0;
 };
 
+// Runs shorter than this many elements are batched into staged chunks; longer
+// ones are sent on their own, straight between the flat buffers.
+constexpr int64_t kDirectMin = 1 << 14;
+
 // Cuts the transfers (in plan order) into chunks of at most cap elements.
+// Transfers contiguous in both buffers and adjacent to the previous one in both
+// are first merged into runs (whole shards of consecutive parameters usually
+// are), so that most bytes travel as a few large contiguous messages.
 std::vector<Chunk> make_chunks(const std::vector<const Transfer*>& transfers, int64_t cap) {
-  std::vector<Chunk> chunks(1);
-  auto room = [&] { return cap - chunks.back().elements; };
+  struct Run {
+    int64_t src, dst, n;
+  };
+  std::vector<Run> runs;
+  // one_sided: large boxes contiguous in one buffer only (a tp column slice):
+  // sent in their own chunks, so that only the strided side copies.
+  std::vector<const Transfer*> strided, one_sided;
   for (const Transfer* t : transfers) {
     const Box& b = t->box;
+    const bool flat_src = b.rows() == 1 || t->src_ld == b.cols();
+    const bool flat_dst = b.rows() == 1 || t->dst_ld == b.cols();
+    if (!(flat_src && flat_dst)) {
+      (b.area() >= kDirectMin && (flat_src || flat_dst) ? one_sided : strided).push_back(t);
+      continue;
+    }
+    if (!runs.empty() && runs.back().src + runs.back().n == t->src_offset &&
+        runs.back().dst + runs.back().n == t->dst_offset)
+      runs.back().n += b.area();
+    else
+      runs.push_back({t->src_offset, t->dst_offset, b.area()});
+  }
+  std::vector<Chunk> chunks;
+  // Long runs: their own chunks, one contiguous box each.
+  for (const Run& r : runs) {
+    if (r.n < kDirectMin) continue;
+    for (int64_t lo = 0; lo < r.n; lo += cap) {
+      const int64_t n = std::min(cap, r.n - lo);
+      Chunk c;
+      c.src.push_back({r.src + lo, n, 1, n, 0});
+      c.dst.push_back({r.dst + lo, n, 1, n, 0});
+      c.elements = n;
+      chunks.push_back(std::move(c));
+    }
+  }
+  auto single = [&](const Transfer* t, int64_t dr, int64_t col, int64_t rows, int64_t cols) {
+    Chunk c;
+    c.src.push_back({t->src_offset + dr * t->src_ld + col, t->src_ld, rows, cols, 0});
+    c.dst.push_back({t->dst_offset + dr * t->dst_ld + col, t->dst_ld, rows, cols, 0});
+    c.elements = rows * cols;
+    chunks.push_back(std::move(c));
+  };
+  for (const Transfer* t : one_sided) {
+    const Box& b = t->box;
+    if (b.cols() <= cap) {  // slabs of whole rows
+      const int64_t per = cap / b.cols();
+      for (int64_t r = b.r0; r < b.r1; r += per) single(t, r - b.r0, 0, std::min(per, b.r1 - r), b.cols());
+    } else {  // rows wider than a chunk: column pieces
+      for (int64_t r = b.r0; r < b.r1; ++r)
+        for (int64_t col = 0; col < b.cols(); col += cap) single(t, r - b.r0, col, 1, std::min(cap, b.cols() - col));
+    }
+  }
+  // Everything else, batched up to cap elements per staged chunk.
+  std::vector<Chunk> staged(1);
+  auto room = [&] { return cap - staged.back().elements; };
+  auto add = [&](int64_t src_off, int64_t src_ld, int64_t dst_off, int64_t dst_ld, int64_t rows, int64_t cols) {
+    Chunk& c = staged.back();
+    c.src.push_back({src_off, src_ld, rows, cols, c.elements});
+    c.dst.push_back({dst_off, dst_ld, rows, cols, c.elements});
+    c.elements += rows * cols;
+  };
+  for (const Run& r : runs) {
+    if (r.n >= kDirectMin) continue;
+    for (int64_t lo = 0; lo < r.n;) {
+      if (room() == 0) staged.emplace_back();
+      const int64_t n = std::min(room(), r.n - lo);
+      add(r.src + lo, n, r.dst + lo, n, 1, n);
+      lo += n;
+    }
+  }
+  for (const Transfer* t : strided) {
+    const Box& b = t->box;
     for (int64_t r = b.r0; r < b.r1;) {
-      if (room() == 0) chunks.emplace_back();
+      if (room() == 0) staged.emplace_back();
+      const int64_t dr = r - b.r0;
       if (b.cols() <= room()) {  // whole rows fit
         const int64_t rows = std::min(b.r1 - r, room() / b.cols());
-        const int64_t dr = r - b.r0;
-        Chunk& c = chunks.back();
-        c.src.push_back({t->src_offset + dr * t->src_ld, t->src_ld, rows, b.cols(), c.elements});
-        c.dst.push_back({t->dst_offset + dr * t->dst_ld, t->dst_ld, rows, b.cols(), c.elements});
-        c.elements += rows * b.cols();
+        add(t->src_offset + dr * t->src_ld, t->src_ld, t->dst_offset + dr * t->dst_ld, t->dst_ld, rows, b.cols());
         r += rows;
       } else {  // one row is wider than a chunk: send it in column pieces
         for (int64_t col = 0; col < b.cols();) {
-          if (room() == 0) chunks.emplace_back();
+          if (room() == 0) staged.emplace_back();
           const int64_t cols = std::min(b.cols() - col, room());
-          const int64_t dr = r - b.r0;
-          Chunk& c = chunks.back();
-          c.src.push_back({t->src_offset + dr * t->src_ld + col, t->src_ld, 1, cols, c.elements});
-          c.dst.push_back({t->dst_offset + dr * t->dst_ld + col, t->dst_ld, 1, cols, c.elements});
-          c.elements += cols;
+          add(t->src_offset + dr * t->src_ld + col, t->src_ld, t->dst_offset + dr * t->dst_ld + col, t->dst_ld, 1,
+              cols);
           col += cols;
         }
         r += 1;
       }
     }
   }
-  if (chunks.back().elements == 0) chunks.pop_back();
+  for (Chunk& c : staged)
+    if (c.elements > 0) chunks.push_back(std::move(c));
   return chunks;
 }
 
@@ -85,6 +156,13 @@ at::Tensor pack(const at::Tensor& flat, const Chunk& c, const at::Tensor& stage)
   return part;
 }
 
+constexpr int kDirectTag = 1, kStagedTag = 2;
+
+// One box that is contiguous in its buffer: sent or received in place, no staging.
+bool contiguous(const std::vector<PackBox>& boxes) {
+  return boxes.size() == 1 && (boxes[0].rows == 1 || boxes[0].ld == boxes[0].cols);
+}
+
 void unpack(at::Tensor& flat, const at::Tensor& buffer, const Chunk& c, double eta) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("real_ext::realloc_unpack_", "")
@@ -92,7 +170,7 @@ void unpack(at::Tensor& flat, const at::Tensor& buffer, const Chunk& c, double e
   op.call(flat, buffer, boxes_tensor(c.dst), eta);
 }
 
-void realloc_execute(const at::Tensor& transfers, const std::optional<at::Tensor>& src_flat,
+int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Tensor>& src_flat,
                      const std::optional<at::Tensor>& dst_flat, const std::string& group_name,
                      int64_t max_buffer_bytes, double eta) {
   const std::vector<Transfer> plan = read_transfers(transfers);
@@ -114,49 +192,110 @@ void realloc_execute(const at::Tensor& transfers, const std::optional<at::Tensor
                        " sends parameters but got src_flat=None");
   REAL_EXT_CHECK_VALUE(!recvs || dst_flat.has_value(), "realloc_execute: rank ", me,
                        " receives parameters but got dst_flat=None");
+  if (!src_flat.has_value() && !dst_flat.has_value()) return 0;  // nothing to do here
   const at::Tensor& any = src_flat.has_value() ? *src_flat : *dst_flat;
-  if (!src_flat.has_value() && !dst_flat.has_value()) return;  // nothing to do here
-  const int64_t cap = std::max<int64_t>(1, max_buffer_bytes / 3 / any.element_size());
-  REAL_EXT_CHECK_VALUE(max_buffer_bytes >= 3 * any.element_size(), "realloc_execute: max_buffer_bytes=",
-                       max_buffer_bytes, " is below 3 elements");
+  const int64_t cap = std::max<int64_t>(1, max_buffer_bytes / 4 / any.element_size());
+  REAL_EXT_CHECK_VALUE(max_buffer_bytes >= 4 * any.element_size(), "realloc_execute: max_buffer_bytes=",
+                       max_buffer_bytes, " is below 4 elements");
   at::Tensor dst = dst_flat.has_value() ? *dst_flat : at::Tensor();
 
-  // Staging memory, allocated once: two send buffers and one receive buffer.
-  const at::TensorOptions opts = any.options();
-  at::Tensor stage[2] = {at::empty({cap}, opts), at::empty({cap}, opts)};
-  at::Tensor recv_stage = at::empty({cap}, opts);
-
-  for (const Chunk& c : make_chunks(local, cap)) unpack(dst, pack(*src_flat, c, stage[0]), c, eta);
-
-  for (int64_t k = 1; k < size; ++k) {
-    const int64_t to = (me + k) % size, from = (me - k + size) % size;
-    const std::vector<Chunk> send_chunks = make_chunks(out[to], cap);
-    const std::vector<Chunk> recv_chunks = make_chunks(in[from], cap);
-    const size_t steps = std::max(send_chunks.size(), recv_chunks.size());
-    at::Tensor staged[2];
-    if (!send_chunks.empty()) staged[0] = pack(*src_flat, send_chunks[0], stage[0]);
-    for (size_t i = 0; i < steps; ++i) {
-      c10::intrusive_ptr<c10d::Work> recv_work, send_work;
-      std::vector<at::Tensor> recv_buf;
-      if (i < recv_chunks.size()) {
-        recv_buf = {recv_stage.narrow(0, 0, recv_chunks[i].elements)};
-        recv_work = group->recv(recv_buf, static_cast<int>(from), 0);
+  // Phase A: chunks that are one contiguous box on both sides travel straight
+  // from the source buffer into the destination buffer, all posted at once.
+  // Phase B: the rest, staged through bounded buffers, one peer pair per step.
+  // Both sides classify a chunk the same way (they see the same boxes); the
+  // phases use different tags so that their messages never match each other.
+  const bool in_place = eta == 1.0;  // blending needs the received values staged
+  auto direct = [&](const Chunk& c) { return in_place && contiguous(c.src) && contiguous(c.dst); };
+  std::vector<std::vector<Chunk>> send_chunks(size), recv_chunks(size);
+  int64_t send_max = 0, recv_max = 0;
+  std::vector<c10::intrusive_ptr<c10d::Work>> direct_work;
+  std::vector<std::vector<at::Tensor>> direct_bufs;
+  for (int64_t p = 0; p < size; ++p) {
+    for (const Chunk& c : make_chunks(in[p], cap)) {
+      if (direct(c)) {
+        direct_bufs.push_back({dst.narrow(0, c.dst[0].offset, c.elements)});
+        direct_work.push_back(group->recv(direct_bufs.back(), static_cast<int>(p), kDirectTag));
+      } else {
+        recv_chunks[p].push_back(c);
+        if (!(in_place && contiguous(c.dst))) recv_max = std::max(recv_max, c.elements);
       }
-      std::vector<at::Tensor> send_buf;
-      if (i < send_chunks.size()) {
-        send_buf = {staged[i % 2]};
-        send_work = group->send(send_buf, static_cast<int>(to), 0);
-        // Pack the next chunk while this one is on the wire.
-        if (i + 1 < send_chunks.size())
-          staged[(i + 1) % 2] = pack(*src_flat, send_chunks[i + 1], stage[(i + 1) % 2]);
-      }
-      if (send_work) send_work->wait();
-      if (recv_work) {
-        recv_work->wait();
-        unpack(dst, recv_buf[0], recv_chunks[i], eta);
+    }
+    for (const Chunk& c : make_chunks(out[p], cap)) {
+      if (direct(c)) {
+        direct_bufs.push_back({src_flat->narrow(0, c.src[0].offset, c.elements)});
+        direct_work.push_back(group->send(direct_bufs.back(), static_cast<int>(p), kDirectTag));
+      } else {
+        send_chunks[p].push_back(c);
+        if (!contiguous(c.src)) send_max = std::max(send_max, c.elements);
       }
     }
   }
+  const std::vector<Chunk> local_chunks = make_chunks(local, cap);
+  for (const Chunk& c : local_chunks)
+    if (!(in_place && contiguous(c.dst))) send_max = std::max(send_max, c.elements);
+  const at::TensorOptions opts = any.options();
+  at::Tensor stage[2] = {at::empty({send_max}, opts), at::empty({send_max}, opts)};
+  at::Tensor recv_stage[2] = {at::empty({recv_max}, opts), at::empty({recv_max}, opts)};
+
+  // Local pieces, while phase A is on the wire.
+  for (const Chunk& c : local_chunks) {
+    if (in_place && contiguous(c.dst)) {  // pack straight into the destination
+      at::Tensor target = dst.narrow(0, c.dst[0].offset, c.elements);
+      pack(*src_flat, c, target);
+    } else {
+      unpack(dst, pack(*src_flat, c, stage[0]), c, eta);
+    }
+  }
+
+  // The data of send chunk c: a view of the source when contiguous, else packed.
+  auto source = [&](const Chunk& c, const at::Tensor& buffer) {
+    return contiguous(c.src) ? src_flat->narrow(0, c.src[0].offset, c.elements) : pack(*src_flat, c, buffer);
+  };
+  for (int64_t k = 1; k < size; ++k) {
+    const int64_t to = (me + k) % size, from = (me - k + size) % size;
+    const std::vector<Chunk>& sends = send_chunks[to];
+    const std::vector<Chunk>& recvs = recv_chunks[from];
+    const size_t steps = std::max(sends.size(), recvs.size());
+    // Receives alternate between two buffers: chunk i + 1 lands while chunk i
+    // is unpacked. Sends alternate likewise: chunk i + 1 is packed while chunk i
+    // is on the wire.
+    struct Pending {
+      c10::intrusive_ptr<c10d::Work> work;
+      std::vector<at::Tensor> buf;
+      bool into_place = false;
+    };
+    auto post_recv = [&](size_t i) {
+      const Chunk& c = recvs[i];
+      Pending r;
+      r.into_place = in_place && contiguous(c.dst);
+      r.buf = {r.into_place ? dst.narrow(0, c.dst[0].offset, c.elements)
+                            : recv_stage[i % 2].narrow(0, 0, c.elements)};
+      r.work = group->recv(r.buf, static_cast<int>(from), kStagedTag);
+      return r;
+    };
+    at::Tensor staged[2];
+    if (!sends.empty()) staged[0] = source(sends[0], stage[0]);
+    Pending next_recv;
+    if (!recvs.empty()) next_recv = post_recv(0);
+    for (size_t i = 0; i < steps; ++i) {
+      c10::intrusive_ptr<c10d::Work> send_work;
+      std::vector<at::Tensor> send_buf;
+      if (i < sends.size()) {
+        send_buf = {staged[i % 2]};
+        send_work = group->send(send_buf, static_cast<int>(to), kStagedTag);
+        if (i + 1 < sends.size()) staged[(i + 1) % 2] = source(sends[i + 1], stage[(i + 1) % 2]);
+      }
+      if (i < recvs.size()) {
+        Pending current = std::move(next_recv);
+        current.work->wait();
+        if (i + 1 < recvs.size()) next_recv = post_recv(i + 1);
+        if (!current.into_place) unpack(dst, current.buf[0], recvs[i], eta);
+      }
+      if (send_work) send_work->wait();
+    }
+  }
+  for (auto& work : direct_work) work->wait();
+  return 2 * (send_max + recv_max) * any.element_size();
 }
 
 }  // namespace

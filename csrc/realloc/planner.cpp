@@ -45,6 +45,7 @@ class Planner {
                                       str(in.params[s.param]));
       }
     for (const Shard& s : in.src) {
+      if (s.box.empty()) continue;  // holds nothing (e.g. a vocab shard past the real vocabulary)
       by_param_[s.param].push_back(&s);
       auto key = std::make_pair(s.rank, s.param);
       if (!src_of_.emplace(key, &s).second)
@@ -59,7 +60,8 @@ class Planner {
 
   std::vector<Transfer> run(PlanStats* stats) {
     std::vector<const Shard*> dst;
-    for (const Shard& d : in_.dst) dst.push_back(&d);
+    for (const Shard& d : in_.dst)
+      if (!d.box.empty()) dst.push_back(&d);
     std::sort(dst.begin(), dst.end(), [](const Shard* a, const Shard* b) {
       return a->param != b->param ? a->param < b->param : a->rank < b->rank;
     });
@@ -146,8 +148,10 @@ std::vector<Transfer> make_plan(const PlanInput& in, PlanStats* stats) { return 
 
 std::string verify_plan(const PlanInput& in, const std::vector<Transfer>& plan) {
   std::map<std::pair<int64_t, int64_t>, const Shard*> src, dst;
-  for (const Shard& s : in.src) src[{s.rank, s.param}] = &s;
-  for (const Shard& s : in.dst) dst[{s.rank, s.param}] = &s;
+  for (const Shard& s : in.src)
+    if (!s.box.empty()) src[{s.rank, s.param}] = &s;
+  for (const Shard& s : in.dst)
+    if (!s.box.empty()) dst[{s.rank, s.param}] = &s;
   std::map<std::pair<int64_t, int64_t>, std::vector<Box>> written;
   for (const Transfer& t : plan) {
     auto d = dst.find({t.dst_rank, t.param});
@@ -163,6 +167,7 @@ std::string verify_plan(const PlanInput& in, const std::vector<Transfer>& plan) 
     written[{t.dst_rank, t.param}].push_back(t.box);
   }
   for (const Shard& d : in.dst) {
+    if (d.box.empty()) continue;
     auto& boxes = written[{d.rank, d.param}];
     int64_t area = 0;
     for (size_t i = 0; i < boxes.size(); ++i) {

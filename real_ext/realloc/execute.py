@@ -12,8 +12,9 @@ DEFAULT_MAX_BUFFER_BYTES = 256 << 20
 
 
 def execute(plan: Plan, src_buffer: torch.Tensor | None, dst_buffer: torch.Tensor | None, group=None, *,
-            max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, eta: float = 1.0) -> torch.Tensor | None:
-    """Move parameters as the plan says; returns dst_buffer (filled).
+            max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, eta: float = 1.0) -> int:
+    """Move parameters as the plan says (dst_buffer is filled in place); returns
+    the staging bytes this rank allocated, at most max_buffer_bytes.
 
     Called on every rank of ``group`` (default: the world), whose ranks are the
     ranks the layouts name. A rank outside the source (destination) mesh passes
@@ -34,11 +35,10 @@ def execute(plan: Plan, src_buffer: torch.Tensor | None, dst_buffer: torch.Tenso
             layout.check_buffer(buffer, rank, name)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    if max_buffer_bytes < 3 * plan.element_size:
+    if max_buffer_bytes < 4 * plan.element_size:
         raise ValueError(f"max_buffer_bytes={max_buffer_bytes} is too small to stage anything")
-    torch.ops.real_ext.realloc_execute(plan.tensor, src_buffer, dst_buffer, group.group_name, int(max_buffer_bytes),
-                                       float(eta))
-    return dst_buffer
+    return torch.ops.real_ext.realloc_execute(plan.tensor, src_buffer, dst_buffer, group.group_name,
+                                              int(max_buffer_bytes), float(eta))
 
 
 def offload(buffer: torch.Tensor) -> torch.Tensor:
