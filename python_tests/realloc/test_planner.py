@@ -73,10 +73,3 @@ def test_layouts_of_different_models_are_refused():
     with pytest.raises(LayoutMismatchError, match="different models"):
         plan(a, value)
 
-
-def test_offload_and_reload_round_trip():
-    from real_ext.realloc import offload, reload
-    flat = torch.randn(1000)
-    host = offload(flat)
-    assert host.data_ptr() != flat.data_ptr() and torch.equal(host, flat)
-    assert torch.equal(reload(host, "cpu"), flat)
