@@ -1,15 +1,14 @@
 // Carries out a reallocation plan on one rank over a c10d ProcessGroup (gloo on
-// CPU, NCCL on GPU: the same code). Each peer message is cut into chunks of at
-// most max_buffer_bytes / 4, the cut computed identically by sender and
-// receiver. Order of work, identical on every rank:
-//   1. chunks that are one contiguous box in both buffers: every send and
-//      receive posted at once, straight from / into the flat buffers;
-//   2. pieces this rank already holds: copied locally (overlapping 1);
-//   3. the other chunks, staged: steps k = 1 .. size-1 send to (rank + k) % size
-//      and receive from (rank - k) % size, so every step pairs each sender with
-//      one receiver and no two ranks wait on each other; two send buffers (the
-//      next chunk is packed while the last is on the wire) and two receive
-//      buffers (the next chunk lands while the last is unpacked), allocated once.
+// CPU, NCCL on GPU: the same code). The traffic to and from each peer is cut
+// into chunks, identically by sender and receiver. Order of work, identical on
+// every rank:
+//   1. chunks that are one contiguous box in both buffers (usually most bytes:
+//      whole shards of consecutive parameters merge into long runs): every send
+//      and receive posted at once, straight from / into the flat buffers;
+//   2. pieces this rank already holds: copied locally, while 1 is on the wire;
+//   3. the other chunks, staged, in rounds: round r posts chunk r to and from
+//      every peer at once, with one send and one receive buffer per peer, so
+//      staging stays within max_buffer_bytes.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
@@ -40,7 +39,7 @@ constexpr int64_t kDirectMin = 1 << 14;
 // Transfers contiguous in both buffers and adjacent to the previous one in both
 // are first merged into runs (whole shards of consecutive parameters usually
 // are), so that most bytes travel as a few large contiguous messages.
-std::vector<Chunk> make_chunks(const std::vector<const Transfer*>& transfers, int64_t cap) {
+std::vector<Chunk> make_chunks(const std::vector<const Transfer*>& transfers, int64_t cap, int64_t direct_cap) {
   struct Run {
     int64_t src, dst, n;
   };
@@ -63,11 +62,12 @@ std::vector<Chunk> make_chunks(const std::vector<const Transfer*>& transfers, in
       runs.push_back({t->src_offset, t->dst_offset, b.area()});
   }
   std::vector<Chunk> chunks;
-  // Long runs: their own chunks, one contiguous box each.
+  // Long runs: their own chunks, one contiguous box each (no staging: only
+  // direct_cap bounds them, to keep single messages moderate).
   for (const Run& r : runs) {
     if (r.n < kDirectMin) continue;
-    for (int64_t lo = 0; lo < r.n; lo += cap) {
-      const int64_t n = std::min(cap, r.n - lo);
+    for (int64_t lo = 0; lo < r.n; lo += direct_cap) {
+      const int64_t n = std::min(direct_cap, r.n - lo);
       Chunk c;
       c.src.push_back({r.src + lo, n, 1, n, 0});
       c.dst.push_back({r.dst + lo, n, 1, n, 0});
@@ -157,6 +157,7 @@ at::Tensor pack(const at::Tensor& flat, const Chunk& c, const at::Tensor& stage)
 }
 
 constexpr int kDirectTag = 1, kStagedTag = 2;
+constexpr int64_t kDirectCap = int64_t(1) << 26;  // elements per straight message
 
 // One box that is contiguous in its buffer: sent or received in place, no staging.
 bool contiguous(const std::vector<PackBox>& boxes) {
@@ -194,108 +195,103 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
                        " receives parameters but got dst_flat=None");
   if (!src_flat.has_value() && !dst_flat.has_value()) return 0;  // nothing to do here
   const at::Tensor& any = src_flat.has_value() ? *src_flat : *dst_flat;
-  const int64_t cap = std::max<int64_t>(1, max_buffer_bytes / 4 / any.element_size());
-  REAL_EXT_CHECK_VALUE(max_buffer_bytes >= 4 * any.element_size(), "realloc_execute: max_buffer_bytes=",
-                       max_buffer_bytes, " is below 4 elements");
+  // Staging: one send and one receive buffer per peer plus one for local
+  // pieces, each at most `cap` elements, so that all peers are served at once
+  // within max_buffer_bytes.
+  const int64_t buffers = 2 * std::max<int64_t>(size - 1, 1) + 1;
+  const int64_t cap = max_buffer_bytes / buffers / any.element_size();
+  REAL_EXT_CHECK_VALUE(cap >= 1, "realloc_execute: max_buffer_bytes=", max_buffer_bytes,
+                       " leaves no staging room; give at least ", buffers * any.element_size(), " bytes");
   at::Tensor dst = dst_flat.has_value() ? *dst_flat : at::Tensor();
 
   // Phase A: chunks that are one contiguous box on both sides travel straight
   // from the source buffer into the destination buffer, all posted at once.
-  // Phase B: the rest, staged through bounded buffers, one peer pair per step.
-  // Both sides classify a chunk the same way (they see the same boxes); the
-  // phases use different tags so that their messages never match each other.
+  // Phase B: the rest, staged, in rounds: round r moves chunk r of every peer's
+  // stream, all peers at once. Both sides classify and cut a stream the same
+  // way (they see the same boxes); the phases use different tags so that their
+  // messages never match each other.
   const bool in_place = eta == 1.0;  // blending needs the received values staged
   auto direct = [&](const Chunk& c) { return in_place && contiguous(c.src) && contiguous(c.dst); };
   std::vector<std::vector<Chunk>> send_chunks(size), recv_chunks(size);
-  int64_t send_max = 0, recv_max = 0;
+  std::vector<int64_t> send_max(size, 0), recv_max(size, 0);
   std::vector<c10::intrusive_ptr<c10d::Work>> direct_work;
   std::vector<std::vector<at::Tensor>> direct_bufs;
   for (int64_t p = 0; p < size; ++p) {
-    for (const Chunk& c : make_chunks(in[p], cap)) {
+    for (const Chunk& c : make_chunks(in[p], cap, kDirectCap)) {
       if (direct(c)) {
         direct_bufs.push_back({dst.narrow(0, c.dst[0].offset, c.elements)});
         direct_work.push_back(group->recv(direct_bufs.back(), static_cast<int>(p), kDirectTag));
       } else {
         recv_chunks[p].push_back(c);
-        if (!(in_place && contiguous(c.dst))) recv_max = std::max(recv_max, c.elements);
+        if (!(in_place && contiguous(c.dst))) recv_max[p] = std::max(recv_max[p], c.elements);
       }
     }
-    for (const Chunk& c : make_chunks(out[p], cap)) {
+    for (const Chunk& c : make_chunks(out[p], cap, kDirectCap)) {
       if (direct(c)) {
         direct_bufs.push_back({src_flat->narrow(0, c.src[0].offset, c.elements)});
         direct_work.push_back(group->send(direct_bufs.back(), static_cast<int>(p), kDirectTag));
       } else {
         send_chunks[p].push_back(c);
-        if (!contiguous(c.src)) send_max = std::max(send_max, c.elements);
+        if (!contiguous(c.src)) send_max[p] = std::max(send_max[p], c.elements);
       }
     }
   }
-  const std::vector<Chunk> local_chunks = make_chunks(local, cap);
-  for (const Chunk& c : local_chunks)
-    if (!(in_place && contiguous(c.dst))) send_max = std::max(send_max, c.elements);
   const at::TensorOptions opts = any.options();
-  at::Tensor stage[2] = {at::empty({send_max}, opts), at::empty({send_max}, opts)};
-  at::Tensor recv_stage[2] = {at::empty({recv_max}, opts), at::empty({recv_max}, opts)};
+  std::vector<at::Tensor> send_stage(size), recv_stage(size);
+  int64_t staged_elements = 0;
+  for (int64_t p = 0; p < size; ++p) {
+    send_stage[p] = at::empty({send_max[p]}, opts);
+    recv_stage[p] = at::empty({recv_max[p]}, opts);
+    staged_elements += send_max[p] + recv_max[p];
+  }
 
-  // Local pieces, while phase A is on the wire.
+  // Local pieces, while phase A is on the wire (staged through this rank's own
+  // send buffer, which phase B does not use for itself).
+  const std::vector<Chunk> local_chunks = make_chunks(local, cap, kDirectCap);
+  int64_t local_max = 0;
+  for (const Chunk& c : local_chunks)
+    if (!(in_place && contiguous(c.dst))) local_max = std::max(local_max, c.elements);
+  if (local_max > 0) {
+    send_stage[me] = at::empty({local_max}, opts);
+    staged_elements += local_max;
+  }
   for (const Chunk& c : local_chunks) {
     if (in_place && contiguous(c.dst)) {  // pack straight into the destination
       at::Tensor target = dst.narrow(0, c.dst[0].offset, c.elements);
       pack(*src_flat, c, target);
     } else {
-      unpack(dst, pack(*src_flat, c, stage[0]), c, eta);
+      unpack(dst, pack(*src_flat, c, send_stage[me]), c, eta);
     }
   }
 
-  // The data of send chunk c: a view of the source when contiguous, else packed.
-  auto source = [&](const Chunk& c, const at::Tensor& buffer) {
-    return contiguous(c.src) ? src_flat->narrow(0, c.src[0].offset, c.elements) : pack(*src_flat, c, buffer);
-  };
-  for (int64_t k = 1; k < size; ++k) {
-    const int64_t to = (me + k) % size, from = (me - k + size) % size;
-    const std::vector<Chunk>& sends = send_chunks[to];
-    const std::vector<Chunk>& recvs = recv_chunks[from];
-    const size_t steps = std::max(sends.size(), recvs.size());
-    // Receives alternate between two buffers: chunk i + 1 lands while chunk i
-    // is unpacked. Sends alternate likewise: chunk i + 1 is packed while chunk i
-    // is on the wire.
-    struct Pending {
-      c10::intrusive_ptr<c10d::Work> work;
-      std::vector<at::Tensor> buf;
-      bool into_place = false;
-    };
-    auto post_recv = [&](size_t i) {
-      const Chunk& c = recvs[i];
-      Pending r;
-      r.into_place = in_place && contiguous(c.dst);
-      r.buf = {r.into_place ? dst.narrow(0, c.dst[0].offset, c.elements)
-                            : recv_stage[i % 2].narrow(0, 0, c.elements)};
-      r.work = group->recv(r.buf, static_cast<int>(from), kStagedTag);
-      return r;
-    };
-    at::Tensor staged[2];
-    if (!sends.empty()) staged[0] = source(sends[0], stage[0]);
-    Pending next_recv;
-    if (!recvs.empty()) next_recv = post_recv(0);
-    for (size_t i = 0; i < steps; ++i) {
-      c10::intrusive_ptr<c10d::Work> send_work;
-      std::vector<at::Tensor> send_buf;
-      if (i < sends.size()) {
-        send_buf = {staged[i % 2]};
-        send_work = group->send(send_buf, static_cast<int>(to), kStagedTag);
-        if (i + 1 < sends.size()) staged[(i + 1) % 2] = source(sends[i + 1], stage[(i + 1) % 2]);
-      }
-      if (i < recvs.size()) {
-        Pending current = std::move(next_recv);
-        current.work->wait();
-        if (i + 1 < recvs.size()) next_recv = post_recv(i + 1);
-        if (!current.into_place) unpack(dst, current.buf[0], recvs[i], eta);
-      }
-      if (send_work) send_work->wait();
+  size_t rounds = 0;
+  for (int64_t p = 0; p < size; ++p) rounds = std::max({rounds, send_chunks[p].size(), recv_chunks[p].size()});
+  for (size_t r = 0; r < rounds; ++r) {
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    std::vector<std::vector<at::Tensor>> bufs;
+    bufs.reserve(2 * size);
+    std::vector<std::pair<int64_t, size_t>> to_unpack;  // (peer, index into bufs)
+    for (int64_t p = 0; p < size; ++p) {
+      if (r >= recv_chunks[p].size()) continue;
+      const Chunk& c = recv_chunks[p][r];
+      const bool into_place = in_place && contiguous(c.dst);
+      bufs.push_back({into_place ? dst.narrow(0, c.dst[0].offset, c.elements)
+                                 : recv_stage[p].narrow(0, 0, c.elements)});
+      works.push_back(group->recv(bufs.back(), static_cast<int>(p), kStagedTag));
+      if (!into_place) to_unpack.push_back({p, bufs.size() - 1});
     }
+    for (int64_t p = 0; p < size; ++p) {
+      if (r >= send_chunks[p].size()) continue;
+      const Chunk& c = send_chunks[p][r];
+      bufs.push_back({contiguous(c.src) ? src_flat->narrow(0, c.src[0].offset, c.elements)
+                                        : pack(*src_flat, c, send_stage[p])});
+      works.push_back(group->send(bufs.back(), static_cast<int>(p), kStagedTag));
+    }
+    for (auto& w : works) w->wait();
+    for (auto [p, i] : to_unpack) unpack(dst, bufs[i][0], recv_chunks[p][r], eta);
   }
   for (auto& work : direct_work) work->wait();
-  return 2 * (send_max + recv_max) * any.element_size();
+  return staged_elements * any.element_size();
 }
 
 }  // namespace
