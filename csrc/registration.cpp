@@ -52,4 +52,28 @@ TORCH_LIBRARY(real_ext, m) {
   m.def(
       "realloc_execute(Tensor transfers, Tensor? src_flat, Tensor(a!)? dst_flat,"
       " str group_name, int max_buffer_bytes, float eta) -> int");
+
+  // Generation (csrc/generation). Paged KV cache: k_cache, v_cache are
+  // (num_slots, heads_kv, head_dim), slot = block * block_size + offset in block.
+  // kv_cache_append_: k_cache[slots[t]] = k[t], v_cache[slots[t]] = v[t];
+  // k, v: (T, heads_kv, head_dim), slots: (T,) int64 (distinct).
+  m.def("kv_cache_append_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor slots) -> ()");
+  // One new query per sequence over its cached keys (the new token's k/v already
+  // appended): q (B, heads_q, head_dim); block_tables (B, max_blocks) int32, the
+  // blocks of sequence b in order; seq_lens (B,) int32 >= 1, cached tokens of b.
+  // out: (B, heads_q, head_dim). heads_q % heads_kv == 0.
+  m.def(
+      "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens,"
+      " int block_size, float scale) -> Tensor out");
+  // Fused sampling from logits (B, V) (float32/bf16/fp16): tokens in `banned`
+  // (n,) int64 get -inf in rows where suppress (B,) bool is set (stop tokens
+  // before min_new_tokens); then softmax(logits / temperature); greedy: argmax;
+  // else keep the tokens with logit >= the k-th largest (top_k > 0) and the
+  // smallest set of most probable tokens with mass >= top_p (ties at either
+  // boundary kept), and draw by inverse CDF in token order with uniform (B,) in
+  // [0, 1). Returns tokens (B,) int64 and their log-probability (B,) float32
+  // under the distribution drawn from (greedy: softmax(logits / temperature)).
+  m.def(
+      "sample_tokens(Tensor logits, Tensor uniform, Tensor suppress, Tensor banned, bool greedy,"
+      " float temperature, int top_k, float top_p) -> (Tensor tokens, Tensor logprobs)");
 }
