@@ -77,21 +77,31 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class PackedInfo:
-    """Per-forward facts about a packed batch, computed once and shared by layers."""
+    """Per-forward facts about a packed batch, computed once and shared by layers.
 
-    def __init__(self, cu_seqlens: torch.Tensor):
+    ``positions`` defaults to each token's index in its sequence; decoding
+    passes the true positions of the new tokens. ``cache`` (a
+    real_ext.generation.kv_cache.CacheStep) makes attention write the new keys
+    and values to the KV cache and, when decoding, attend over the cache.
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None):
         self.cu_seqlens = cu_seqlens
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         self.max_len = int(lengths.max()) if lengths.numel() else 0
-        total = int(cu_seqlens[-1])
-        starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths.long(), output_size=total)
-        self.positions = torch.arange(total, device=cu_seqlens.device) - starts
+        if positions is None:
+            total = int(cu_seqlens[-1])
+            starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths.long(), output_size=total)
+            positions = torch.arange(total, device=cu_seqlens.device) - starts
+        self.positions = positions
+        self.cache = cache
         self.rope = None  # (cos, sin), filled by the model when it uses rope
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, heads: int, kv_heads: int):
+    def __init__(self, config: ModelConfig, heads: int, kv_heads: int, layer: int):
         super().__init__()
+        self.layer = layer  # global layer index: which KV-cache pool is this layer's
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, config.head_dim
         self.q_proj = Linear(heads * config.head_dim, config.hidden_size, config.qkv_bias)
         self.k_proj = Linear(kv_heads * config.head_dim, config.hidden_size, config.qkv_bias)
@@ -106,8 +116,17 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(t, self.kv_heads, self.head_dim)
         if info.rope is not None:
             q, k = apply_rope(q, *info.rope), apply_rope(k, *info.rope)
-        out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens, info.max_len, info.max_len,
-                                   causal=True, softmax_scale=1.0 / math.sqrt(self.head_dim))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        cache = info.cache
+        if cache is not None:
+            k_pool, v_pool = cache.pools(self.layer)
+            ops.kv_cache_append_(k_pool, v_pool, k, v, cache.slots)
+        if cache is not None and cache.decode:  # one new token per sequence, over its cache
+            out = ops.decode_attention(q, k_pool, v_pool, cache.block_tables, cache.seq_lens, cache.block_size,
+                                       softmax_scale=scale)
+        else:
+            out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens, info.max_len, info.max_len,
+                                       causal=True, softmax_scale=scale)
         # Row-parallel: reduce the partial products first, add the bias once.
         out = reduce_from_tp(F.linear(out.reshape(t, -1), self.o_proj.weight), tp_group)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
@@ -140,10 +159,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, heads: int, kv_heads: int, intermediate: int):
+    def __init__(self, config: ModelConfig, heads: int, kv_heads: int, intermediate: int, layer: int):
         super().__init__()
         self.input_layernorm = Norm(config)
-        self.self_attn = Attention(config, heads, kv_heads)
+        self.self_attn = Attention(config, heads, kv_heads, layer)
         self.post_attention_layernorm = Norm(config)
         self.mlp = MLP(config, intermediate)
 

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from real_ext.model.config import ModelConfig
 from real_ext.model.layers import Block, Linear, Norm, PackedInfo, rope_cos_sin, rope_inv_freq
-from real_ext.model.logprob import fused_logprobs, next_token_targets
+from real_ext.model.logprob import CHUNK_ELEMENTS, fused_logprobs, next_token_targets
 from real_ext.model.params import HEADS
 from real_ext.model.shards import ModelShards
 from real_ext.parallel.comm import copy_to_tp, gather_from_tp, reduce_from_tp
@@ -79,7 +79,8 @@ class ReaLModel(nn.Module):
         self.model.layers = nn.ModuleDict()
         kv_rows = local("model.layers.{}.self_attn.k_proj.weight".format(self._first_block()))[0]
         for i in self._blocks():
-            self.model.layers[str(i)] = Block(c, c.num_heads // tp, kv_rows // c.head_dim, c.intermediate_size // tp)
+            self.model.layers[str(i)] = Block(c, c.num_heads // tp, kv_rows // c.head_dim, c.intermediate_size // tp,
+                                              layer=i)
         if last in self.units:
             self.model.norm = Norm(c)
             if self.head == "value":
@@ -124,13 +125,14 @@ class ReaLModel(nn.Module):
 
     # ------------------------------------------------------------ forward
 
-    def packed_info(self, cu_seqlens: torch.Tensor) -> PackedInfo:
-        info = PackedInfo(cu_seqlens)
-        if info.max_len > self.config.max_positions and self.config.position == "learned":
-            raise ValueError(f"a sequence of {info.max_len} tokens exceeds max_position_embeddings="
+    def packed_info(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> PackedInfo:
+        info = PackedInfo(cu_seqlens, positions, cache)
+        longest = info.max_len if positions is None else (int(positions.max()) + 1 if positions.numel() else 0)
+        if longest > self.config.max_positions and self.config.position == "learned":
+            raise ValueError(f"a sequence of {longest} tokens exceeds max_position_embeddings="
                              f"{self.config.max_positions}")
-        if self.config.sliding_window is not None and info.max_len > self.config.sliding_window:
-            raise ValueError(f"a sequence of {info.max_len} tokens exceeds sliding_window="
+        if self.config.sliding_window is not None and longest > self.config.sliding_window:
+            raise ValueError(f"a sequence of {longest} tokens exceeds sliding_window="
                              f"{self.config.sliding_window}; sliding-window attention is not implemented")
         if self._inv_freq is not None:
             info.rope = rope_cos_sin(self._inv_freq, info.positions, self.flat.dtype)
@@ -169,26 +171,43 @@ class ReaLModel(nn.Module):
         logits = F.linear(copy_to_tp(h, self.tp_group), self.output_weight())
         return gather_from_tp(logits, self.tp_group)[:, :self.config.vocab_size]
 
-    def token_logprobs(self, h: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def token_logprobs(self, h: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0) -> torch.Tensor:
         """log p(targets[t] | tokens <= t) (float32, (T,)) from final hidden
-        states, fused with the (vocab-parallel) head; see logprob.py."""
+        states, under softmax(logits / temperature) truncated to top-k / top-p
+        and renormalised exactly as generation samples (-inf for a target
+        outside the kept set). Without truncation this is fused with the
+        (vocab-parallel) head and chunked (logprob.py); with it, the logits of
+        a chunk of tokens are gathered over tp and truncated."""
         if self.head != "lm":
             raise ValueError("token_logprobs needs an LM head; this model has a value head")
         weight = self.output_weight()
-        return fused_logprobs(copy_to_tp(h, self.tp_group), weight, targets,
-                              vocab_start=self.ctx.coord.tp * weight.shape[0], vocab_size=self.config.vocab_size,
-                              temperature=temperature, tp_group=self.tp_group)
+        if top_k == 0 and top_p >= 1.0:
+            return fused_logprobs(copy_to_tp(h, self.tp_group), weight, targets,
+                                  vocab_start=self.ctx.coord.tp * weight.shape[0],
+                                  vocab_size=self.config.vocab_size, temperature=temperature,
+                                  tp_group=self.tp_group)
+        from real_ext.ref.sampling import truncated_log_softmax
+        rows = max(1, CHUNK_ELEMENTS // self.config.vocab_size)
+        out = []
+        for a in range(0, h.shape[0], rows):
+            logits = self.head_output(h[a:a + rows])
+            logp = truncated_log_softmax(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            out.append(logp.gather(1, targets[a:a + rows, None]).squeeze(1))
+        return torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)
 
     def logprobs(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, *, temperature: float = 1.0,
-                 n_microbatches: int = 1):
+                 top_k: int = 0, top_p: float = 1.0, n_microbatches: int = 1):
         """Log-probability of every next token within its sequence (T,), 0 at
-        each sequence's last position; None on non-last pipeline stages."""
+        each sequence's last position; None on non-last pipeline stages.
+        temperature / top_k / top_p as generation uses them (token_logprobs)."""
         _check_batch(input_ids, cu_seqlens)
         hidden = self.hidden_states(input_ids, cu_seqlens, n_microbatches)
         if hidden is None:
             return None
         targets, valid = next_token_targets(input_ids, cu_seqlens)
-        return self.token_logprobs(hidden, targets, temperature) * valid
+        logp = self.token_logprobs(hidden, targets, temperature, top_k, top_p)
+        return torch.where(valid, logp, torch.zeros_like(logp))
 
     def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, n_microbatches: int = 1):
         """Final hidden states (T, hidden) on the last stage, None elsewhere."""

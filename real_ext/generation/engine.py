@@ -1,0 +1,180 @@
+"""generate(): prefill with the packed attention op writing a paged KV cache,
+then decode steps (decode-attention op over the cache, fused sampling op);
+finished sequences leave the running batch. Works on a single-process
+ReaLModel and under tensor parallelism (every tp rank computes the same
+vocab-gathered logits and draws the same uniforms, so they agree on every
+token); pipeline-parallel models go through pipelined.py.
+
+Log-probabilities: each generated token's log-probability under the
+distribution it was drawn from: softmax(logits / temperature) truncated to
+top-k / top-p and renormalised (greedy: untruncated). This equals what
+ReaLModel.logprobs(..., temperature, top_k, top_p) computes for the same tokens,
+except while min_new_tokens holds the stop tokens back: those first tokens are
+drawn with the stop tokens removed, which the training forward does not do.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from real_ext import ops
+from real_ext.generation.config import GenerationConfig, GenerationOutput
+from real_ext.generation.kv_cache import CacheStep, PagedKVCache
+from real_ext.generation.rng import uniforms
+
+PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds activation memory)
+
+
+@dataclasses.dataclass
+class Sample:
+    index: int             # position in the output
+    sample_id: int         # the key of its random stream (see rng.py)
+    prompt_index: int
+    prompt_len: int
+    tokens: list = dataclasses.field(default_factory=list)
+    logprobs: list = dataclasses.field(default_factory=list)
+    stopped: bool = False
+    done: bool = False
+
+
+def check_request(model, prompts: list[list[int]], config: GenerationConfig) -> None:
+    """Bad requests fail here, before any work (and identically on every rank)."""
+    if model.head != "lm":
+        raise ValueError("generate needs a model with an LM head (head='lm'), got a value head")
+    if not prompts:
+        raise ValueError("generate: the prompt list is empty")
+    vocab, context = model.config.vocab_size, model.config.max_positions
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"generate: prompt {i} is empty")
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"generate: prompt {i} has token ids outside [0, {vocab})")
+        if len(prompt) + config.max_new_tokens > context:
+            raise ValueError(f"generate: prompt {i} has {len(prompt)} tokens; with max_new_tokens="
+                             f"{config.max_new_tokens} that exceeds the model's context of {context} tokens")
+    for t in config.stop_token_ids:
+        if not 0 <= t < vocab:
+            raise ValueError(f"generate: stop token id {t} is outside the vocabulary [0, {vocab})")
+
+
+def make_samples(prompts, config: GenerationConfig, prompt_ids) -> list[Sample]:
+    ids = list(range(len(prompts))) if prompt_ids is None else [int(i) for i in prompt_ids]
+    if len(ids) != len(prompts):
+        raise ValueError(f"generate: {len(ids)} prompt_ids for {len(prompts)} prompts")
+    n = config.n_samples
+    return [Sample(p * n + k, ids[p] * n + k, p, len(prompt)) for p, prompt in enumerate(prompts) for k in range(n)]
+
+
+def resolve_seed(model, config: GenerationConfig) -> int:
+    """The config's seed, or one drawn here and shared by the model's ranks."""
+    if config.seed is not None:
+        return int(config.seed)
+    seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=model.flat.device)
+    group = model.ctx.model_group
+    if group is not None:
+        import torch.distributed as dist
+        dist.broadcast(seed, src=model.ctx.layout.rank(0, model.ctx.coord.dp, 0), group=group)
+    return int(seed)
+
+
+def new_cache(model, prompts, config: GenerationConfig) -> PagedKVCache:
+    layers = [block.self_attn.layer for block in model.model.layers.values()]
+    attn = next(iter(model.model.layers.values())).self_attn
+    need = sum(len(p) for p in prompts) * config.n_samples
+    block = 16
+    return PagedKVCache(layers, attn.kv_heads, attn.head_dim, model.flat.dtype, model.flat.device, block_size=block,
+                        initial_blocks=-(-need // block) + len(prompts) * config.n_samples)
+
+
+def draw(logits: torch.Tensor, samples: list[Sample], seed: int, step: int, config: GenerationConfig):
+    """Tokens and log-probs for one row of logits per sample."""
+    device = logits.device
+    ids = torch.tensor([s.sample_id for s in samples], dtype=torch.int64)
+    hold_stop = torch.tensor([len(s.tokens) < config.min_new_tokens for s in samples], device=device)
+    tokens, logprobs = ops.sample_tokens(
+        logits, uniforms(seed, ids, step).to(device), greedy=config.greedy, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p, suppress=hold_stop,
+        banned=torch.tensor(config.stop_token_ids, dtype=torch.int64, device=device))
+    return tokens.tolist(), logprobs.tolist()
+
+
+def record(samples: list[Sample], tokens, logprobs, config: GenerationConfig) -> None:
+    stop = set(config.stop_token_ids)
+    for s, tok, lp in zip(samples, tokens, logprobs):
+        s.tokens.append(tok)
+        s.logprobs.append(lp)
+        s.stopped = tok in stop
+        s.done = s.stopped or len(s.tokens) >= config.max_new_tokens
+
+
+def output(samples: list[Sample]) -> GenerationOutput:
+    return GenerationOutput([s.tokens for s in samples], [s.logprobs for s in samples],
+                            [s.stopped for s in samples], [s.prompt_index for s in samples])
+
+
+def prefill(model, cache: PagedKVCache, prompts, seq_ids: list[int]) -> torch.Tensor:
+    """Runs the prompts, filling the cache under seq_ids; logits of each prompt's last token."""
+    device = model.flat.device
+    last, group, tokens = [], [], 0
+    for i, prompt in enumerate(prompts):
+        group.append(i)
+        tokens += len(prompt)
+        if tokens >= PREFILL_TOKENS or i == len(prompts) - 1:
+            ids = torch.tensor([t for j in group for t in prompts[j]], dtype=torch.int64, device=device)
+            lengths = [len(prompts[j]) for j in group]
+            cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+            slots = [slot for j in group for slot in cache.allocate(seq_ids[j], len(prompts[j]))]
+            step = CacheStep(cache, torch.tensor(slots, dtype=torch.int64, device=device), decode=False)
+            hidden = model.forward_stage(ids, model.packed_info(cu, cache=step))
+            last.append(model.head_output(hidden[cu[1:].long() - 1]))
+            group, tokens = [], 0
+    return torch.cat(last)
+
+
+def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tensor:
+    """One token per running sample through the model; logits (B, vocab)."""
+    device = model.flat.device
+    seqs = [s.index for s in running]
+    slots = [cache.allocate(seq, 1)[0] for seq in seqs]
+    step = CacheStep(cache, torch.tensor(slots, dtype=torch.int64, device=device), decode=True,
+                     block_tables=cache.block_table(seqs), seq_lens=cache.seq_lens(seqs))
+    tokens = torch.tensor([s.tokens[-1] for s in running], dtype=torch.int64, device=device)
+    positions = torch.tensor([s.prompt_len + len(s.tokens) - 1 for s in running], device=device)
+    cu = torch.arange(len(running) + 1, dtype=torch.int32, device=device)
+    hidden = model.forward_stage(tokens, model.packed_info(cu, positions=positions, cache=step))
+    return model.head_output(hidden)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
+             prompt_ids: list[int] | None = None) -> GenerationOutput:
+    """Continue every prompt n_samples times. ``prompt_ids`` (default 0..P-1)
+    are global prompt numbers that key the random streams, so that data-parallel
+    ranks each generating their share draw what one process would for all."""
+    check_request(model, prompts, config)
+    if model.ctx.pp > 1:
+        from real_ext.generation.pipelined import generate_pipelined
+        return generate_pipelined(model, prompts, config, prompt_ids)
+    samples = make_samples(prompts, config, prompt_ids)
+    seed = resolve_seed(model, config)
+    cache = new_cache(model, prompts, config)
+    n = config.n_samples
+    # Prefill each prompt once; its samples start from copies of its cache.
+    prompt_seqs = [s.index for s in samples[::n]] if n == 1 else [-(p + 1) for p in range(len(prompts))]
+    logits = prefill(model, cache, prompts, prompt_seqs)
+    if n > 1:
+        for s in samples:
+            cache.copy_sequence(prompt_seqs[s.prompt_index], s.index)
+        for seq in prompt_seqs:
+            cache.release(seq)
+    record(samples, *draw(logits.repeat_interleave(n, dim=0), samples, seed, 0, config), config)
+    for step in range(1, config.max_new_tokens):
+        for s in samples:
+            if s.done and s.index in cache.lengths:
+                cache.release(s.index)
+        running = [s for s in samples if not s.done]
+        if not running:
+            break
+        record(running, *draw(decode_step(model, cache, running), running, seed, step, config), config)
+    return output(samples)

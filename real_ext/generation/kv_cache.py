@@ -1,0 +1,105 @@
+"""Paged KV cache. Every layer this rank holds has a pool of blocks of
+``block_size`` tokens, (num_blocks, block_size, heads_kv, head_dim) for keys and
+the same for values; a sequence owns a list of blocks, appended to one at a
+time as it grows and returned to the free list when it finishes. Memory thus
+follows the tokens actually live (up to one partial block per sequence); when
+the free list runs dry the pools double, copying the live blocks over.
+
+Every rank that runs the same sequence of allocate/free calls gets the same
+slots, so pipeline stages and tensor-parallel ranks agree without talking.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class CacheStep:
+    """What one forward pass needs from the cache (see PackedInfo)."""
+    cache: "PagedKVCache"
+    slots: torch.Tensor                       # (T,) int64: where each new token's k/v go
+    decode: bool                              # one token per sequence, attending over the cache
+    block_tables: torch.Tensor | None = None  # (B, max_blocks) int32, decode only
+    seq_lens: torch.Tensor | None = None      # (B,) int32 cached tokens incl. the new one, decode only
+
+    @property
+    def block_size(self) -> int:
+        return self.cache.block_size
+
+    def pools(self, layer: int):
+        return self.cache.k[layer], self.cache.v[layer]
+
+
+class PagedKVCache:
+    def __init__(self, layers, heads_kv: int, head_dim: int, dtype, device, *, block_size: int = 16,
+                 initial_blocks: int = 64):
+        self.layers, self.block_size = list(layers), block_size
+        self.shape = (heads_kv, head_dim)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.num_blocks = 0
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        self.free: list[int] = []
+        self.blocks: dict[int, list[int]] = {}   # sequence id -> its blocks
+        self.lengths: dict[int, int] = {}        # sequence id -> cached tokens
+        self._grow(max(1, initial_blocks))
+
+    def _grow(self, num_blocks: int) -> None:
+        old = self.num_blocks
+        for layer in self.layers:
+            for pools in (self.k, self.v):
+                new = torch.empty(num_blocks * self.block_size, *self.shape, dtype=self.dtype, device=self.device)
+                if old:
+                    new[:old * self.block_size] = pools[layer]
+                pools[layer] = new
+        # Lowest block ids first, so allocation order is the same on every rank.
+        self.free = list(range(num_blocks - 1, old - 1, -1)) + self.free
+        self.num_blocks = num_blocks
+
+    def allocate(self, seq: int, n_tokens: int) -> list[int]:
+        """Slots for the next n_tokens of sequence seq (registering it if new)."""
+        blocks = self.blocks.setdefault(seq, [])
+        length = self.lengths.get(seq, 0)
+        slots = []
+        for pos in range(length, length + n_tokens):
+            if pos // self.block_size == len(blocks):
+                if not self.free:
+                    self._grow(2 * self.num_blocks)
+                blocks.append(self.free.pop())
+            slots.append(blocks[pos // self.block_size] * self.block_size + pos % self.block_size)
+        self.lengths[seq] = length + n_tokens
+        return slots
+
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """dst starts as a copy of src's cached tokens (several samples of one prompt)."""
+        n = self.lengths[src]
+        dst_slots = torch.tensor(self.allocate(dst, n), device=self.device)
+        src_slots = torch.tensor([self.blocks[src][p // self.block_size] * self.block_size + p % self.block_size
+                                  for p in range(n)], device=self.device)
+        for layer in self.layers:
+            for pools in (self.k, self.v):
+                pools[layer][dst_slots] = pools[layer][src_slots]
+
+    def release(self, seq: int) -> None:
+        self.free.extend(reversed(self.blocks.pop(seq, [])))
+        self.lengths.pop(seq, None)
+
+    def block_table(self, seqs: list[int]) -> torch.Tensor:
+        width = max(len(self.blocks[s]) for s in seqs)
+        table = torch.zeros(len(seqs), width, dtype=torch.int32)
+        for i, s in enumerate(seqs):
+            table[i, :len(self.blocks[s])] = torch.tensor(self.blocks[s], dtype=torch.int32)
+        return table.to(self.device)
+
+    def seq_lens(self, seqs: list[int]) -> torch.Tensor:
+        return torch.tensor([self.lengths[s] for s in seqs], dtype=torch.int32, device=self.device)
+
+    @property
+    def live_tokens(self) -> int:
+        return sum(self.lengths.values())
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
