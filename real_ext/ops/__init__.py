@@ -3,5 +3,6 @@ dispatcher picks the CPU or CUDA kernel."""
 from real_ext.ops.attention import varlen_attention
 from real_ext.ops.gae import gae
 from real_ext.ops.realloc import pack, unpack_
+from real_ext.ops.sampling import sample_tokens
 
-__all__ = ["varlen_attention", "gae", "pack", "unpack_"]
+__all__ = ["varlen_attention", "gae", "pack", "unpack_", "sample_tokens"]

@@ -3,5 +3,6 @@ Slow and obvious on purpose: tests and benchmarks compare the kernels with them.
 from real_ext.ref.attention import varlen_attention
 from real_ext.ref.gae import gae
 from real_ext.ref.realloc import pack, unpack_
+from real_ext.ref.sampling import sample_tokens, truncated_log_softmax
 
-__all__ = ["varlen_attention", "gae", "pack", "unpack_"]
+__all__ = ["varlen_attention", "gae", "pack", "unpack_", "sample_tokens", "truncated_log_softmax"]
