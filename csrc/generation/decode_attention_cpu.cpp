@@ -1,0 +1,324 @@
+// Paged decode attention on the CPU: one query per sequence over its cached
+// keys. A work item is (sequence, range of kv heads) and handles all the q
+// heads of those GQA groups, so every K and V row is read from memory once:
+//   pass 1: scores S[i, j] = q_i . k_j (q pre-scaled), 16 tokens at a time,
+//           each K vector applied to up to four q rows of its group;
+//   pass 2: S[i, :] = softmax(S[i, :]);
+//   pass 3: out_i = sum_j S[i, j] v_j, four V rows at a time.
+// Scores live in a per-thread buffer (q rows of the item x seq_len floats).
+// Math is float32; bfloat16 cache rows are widened on the fly.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "common/cpu_math.h"
+#include "generation/generation_checks.h"
+
+namespace real_ext {
+namespace {
+
+// One call's sizes and float32 buffers; the cache pointers are passed apart
+// because their type differs (float or bfloat16 bits).
+struct DecodeView {
+  const float* q;  // (B, heads_q, D), already multiplied by the softmax scale
+  float* out;      // (B, heads_q, D)
+  const int32_t* block_tables;
+  const int32_t* seq_lens;
+  int64_t heads_q, heads_kv, head_dim, max_blocks, block_size;
+};
+
+REAL_EXT_INLINE float load_f(const float* p, int64_t i) { return p[i]; }
+// bfloat16 is the high half of a float32.
+REAL_EXT_INLINE float load_f(const uint16_t* p, int64_t i) {
+  const uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// 16 floats as one GCC vector: one zmm, two ymm or four xmm depending on the
+// clone. Used where the plain-loop style cannot express the computation: the
+// horizontal sums of 16 dot products at once.
+// NOTE: -Wpsabi warns that such values change the calling convention between
+// ISAs; every function taking or returning one is always_inline, so none is
+// ever called across clones.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vec16 __attribute__((vector_size(64)));
+typedef int32_t vec16i __attribute__((vector_size(64)));
+typedef uint32_t vec16u __attribute__((vector_size(64)));
+typedef uint16_t vec16h __attribute__((vector_size(32)));
+
+REAL_EXT_INLINE vec16 load16(const float* p) {
+  vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+REAL_EXT_INLINE vec16 load16(const uint16_t* p) {
+  vec16h h;
+  std::memcpy(&h, p, sizeof(h));
+  const vec16u bits = __builtin_convertvector(h, vec16u) << 16;
+  vec16 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// Lanes 0..15 of the result: the sums of v[0..15] (v is clobbered). Four
+// levels of "even lanes + odd lanes" of neighbouring pairs: 15 two-source
+// shuffle pairs for 16 dot products instead of a shuffle tree for each.
+REAL_EXT_INLINE vec16 sum16x16(vec16* v) {
+#if defined(__clang__)
+#define REAL_EXT_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define REAL_EXT_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, vec16i{__VA_ARGS__})
+#endif
+  for (int n = 8; n >= 1; n /= 2)
+    for (int i = 0; i < n; ++i) {
+      const vec16 a = v[2 * i], b = v[2 * i + 1];
+      v[i] = REAL_EXT_SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+             REAL_EXT_SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    }
+#undef REAL_EXT_SHUFFLE
+  return v[0];
+}
+
+// A token's rows sit anywhere in the pool (blocks are scattered), which the
+// hardware prefetchers do not follow, so the passes prefetch (into L2) the
+// rows kAhead tokens ahead, in shares spread over the kv heads' work, since a
+// burst of misses stalls the core.
+constexpr int64_t kAhead = 32;
+
+template <typename T>
+REAL_EXT_INLINE void prefetch_rows(const T* cache, const int64_t* rows, int64_t first, int64_t last, int64_t span) {
+  for (int64_t j = first; j < last; ++j) {
+    const char* p = reinterpret_cast<const char*>(cache + rows[j]);
+    for (int64_t off = 0; off < span * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(p + off, 0, 2);
+  }
+}
+
+// s[:n] = softmax(s[:n]) in place.
+REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float lanes[16];
+  std::fill(lanes, lanes + 16, kNegInf);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int t = 0; t < 16; ++t) lanes[t] = s[j + t] > lanes[t] ? s[j + t] : lanes[t];
+  float mx = kNegInf;
+  for (int t = 0; t < 16; ++t) mx = lanes[t] > mx ? lanes[t] : mx;
+  for (; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  float sums[16] = {0.f};
+  j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int t = 0; t < 16; ++t) {
+      const float p = fast_expf(s[j + t] - mx);
+      s[j + t] = p;
+      sums[t] += p;
+    }
+  float sum = 0.f;
+  for (int t = 0; t < 16; ++t) sum += sums[t];
+  for (; j < n; ++j) {
+    s[j] = fast_expf(s[j] - mx);
+    sum += s[j];
+  }
+  const float inv = 1.f / sum;
+  for (j = 0; j < n; ++j) s[j] *= inv;
+}
+
+REAL_EXT_INLINE void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Scores of M q rows (one kv head, M <= 4) against n <= 16 tokens: each K
+// vector is loaded (and widened) once for the M rows. q: the first of the M
+// rows (row stride D); k[t]: token t's row of that kv head; scores: the first
+// row's scores of these tokens (row stride L).
+template <int M, typename T>
+REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, int64_t D, float* scores,
+                                 int64_t L) {
+  const int64_t D16 = D / 16 * 16;
+  vec16 part[M][16];
+  for (int64_t t = 0; t < 16; ++t) {
+    vec16 acc[M] = {};
+    if (t < n) {
+      for (int64_t d = 0; d < D16; d += 16) {
+        const vec16 kd = load16(k[t] + d);
+        for (int r = 0; r < M; ++r) acc[r] += load16(q + r * D + d) * kd;
+      }
+      for (int64_t d = D16; d < D; ++d) {
+        const float kd = load_f(k[t], d);
+        for (int r = 0; r < M; ++r) acc[r][d - D16] += q[r * D + d] * kd;
+      }
+    }
+    for (int r = 0; r < M; ++r) part[r][t] = acc[r];
+  }
+  for (int r = 0; r < M; ++r) {
+    const vec16 sums = sum16x16(part[r]);
+    for (int64_t t = 0; t < n; ++t) scores[r * L + t] = sums[t];
+  }
+}
+
+// out[r] += sum_u p[r * L + u] v[u] for M q rows (one kv head) and U tokens:
+// each V vector is loaded (and widened) once for the M rows.
+template <int M, int U, typename T>
+REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* v, int64_t D, float* out) {
+  const int64_t D16 = D / 16 * 16;
+  float w[M][U];
+  for (int r = 0; r < M; ++r)
+    for (int u = 0; u < U; ++u) w[r][u] = p[r * L + u];
+  for (int64_t d = 0; d < D16; d += 16) {
+    vec16 vd[U];
+    for (int u = 0; u < U; ++u) vd[u] = load16(v[u] + d);
+    for (int r = 0; r < M; ++r) {
+      vec16 o = load16(out + r * D + d);
+      for (int u = 0; u < U; ++u) o += w[r][u] * vd[u];
+      store16(out + r * D + d, o);
+    }
+  }
+  for (int64_t d = D16; d < D; ++d)
+    for (int r = 0; r < M; ++r)
+      for (int u = 0; u < U; ++u) out[r * D + d] += w[r][u] * load_f(v[u], d);
+}
+
+// All G q rows of one kv head, four at a time (then 1..3). q, scores: the
+// head's first q row and its first score; the rest as above.
+template <typename T>
+REAL_EXT_INLINE void scores_head(const float* q, const T* const* k, int64_t n, int64_t D, int64_t G, float* scores,
+                                 int64_t L) {
+  for (int64_t g = 0; g < G; g += 4) {
+    const float* qg = q + g * D;
+    float* sg = scores + g * L;
+    switch (std::min<int64_t>(4, G - g)) {
+      case 4: scores_rows<4>(qg, k, n, D, sg, L); break;
+      case 3: scores_rows<3>(qg, k, n, D, sg, L); break;
+      case 2: scores_rows<2>(qg, k, n, D, sg, L); break;
+      default: scores_rows<1>(qg, k, n, D, sg, L); break;
+    }
+  }
+}
+
+template <int U, typename T>
+REAL_EXT_INLINE void accumulate_head(const float* p, int64_t L, const T* const* v, int64_t D, int64_t G, float* out) {
+  for (int64_t g = 0; g < G; g += 4) {
+    const float* pg = p + g * L;
+    float* og = out + g * D;
+    switch (std::min<int64_t>(4, G - g)) {
+      case 4: accumulate_rows<4, U>(pg, L, v, D, og); break;
+      case 3: accumulate_rows<3, U>(pg, L, v, D, og); break;
+      case 2: accumulate_rows<2, U>(pg, L, v, D, og); break;
+      default: accumulate_rows<1, U>(pg, L, v, D, og); break;
+    }
+  }
+}
+
+// Sequence b, kv heads [h0, h0 + nh): the q heads [h0 * G, (h0 + nh) * G).
+// scores: nh * G * seq_len floats; rows: seq_len offsets.
+template <typename T>
+REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* k_cache, const T* v_cache, int64_t b, int64_t h0,
+                                   int64_t nh, float* scores, int64_t* rows) {
+  const int64_t D = x.head_dim, G = x.heads_q / x.heads_kv, L = x.seq_lens[b], bs = x.block_size;
+  const int64_t nq = nh * G, span = nh * D;  // q rows of the item; cache elements it reads per token
+  // Element offset of token j's first row (slot, h0) in the caches.
+  const int32_t* table = x.block_tables + b * x.max_blocks;
+  for (int64_t j0 = 0, i = 0; j0 < L; j0 += bs, ++i) {
+    const int64_t slot0 = static_cast<int64_t>(table[i]) * bs - j0;
+    for (int64_t j = j0; j < std::min(L, j0 + bs); ++j) rows[j] = ((slot0 + j) * x.heads_kv + h0) * D;
+  }
+  const float* q = x.q + (b * x.heads_q + h0 * G) * D;
+  // Pass 1, 16 tokens at a time; kv head h's rows come from L1 after the
+  // first group of its q rows.
+  for (int64_t j0 = 0; j0 < L; j0 += 16) {
+    const int64_t n = std::min<int64_t>(16, L - j0), ahead = std::min(L, j0 + kAhead);
+    for (int64_t h = 0; h < nh; ++h) {
+      prefetch_rows(k_cache, rows, ahead + h * 16 / nh, std::min(L, ahead + (h + 1) * 16 / nh), span);
+      const T* k[16];
+      for (int64_t t = 0; t < n; ++t) k[t] = k_cache + rows[j0 + t] + h * D;
+      scores_head(q + h * G * D, k, n, D, G, scores + h * G * L + j0, L);
+    }
+  }
+  // Pass 2.
+  for (int64_t i = 0; i < nq; ++i) softmax_row(scores + i * L, L);
+  // Pass 3, 4 tokens at a time.
+  float* out = x.out + (b * x.heads_q + h0 * G) * D;
+  std::fill(out, out + nq * D, 0.f);
+  int64_t j = 0;
+  for (; j + 4 <= L; j += 4) {
+    const int64_t ahead = std::min(L, j + kAhead);
+    for (int64_t h = 0; h < nh; ++h) {
+      prefetch_rows(v_cache, rows, ahead + h * 4 / nh, std::min(L, ahead + (h + 1) * 4 / nh), span);
+      const T* v[4] = {v_cache + rows[j] + h * D, v_cache + rows[j + 1] + h * D, v_cache + rows[j + 2] + h * D,
+                       v_cache + rows[j + 3] + h * D};
+      accumulate_head<4>(scores + h * G * L + j, L, v, D, G, out + h * G * D);
+    }
+  }
+  for (; j < L; ++j)
+    for (int64_t h = 0; h < nh; ++h) {
+      const T* v[1] = {v_cache + rows[j] + h * D};
+      accumulate_head<1>(scores + h * G * L + j, L, v, D, G, out + h * G * D);
+    }
+}
+
+REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const float* k_cache, const float* v_cache, int64_t b,
+                                     int64_t h0, int64_t nh, float* scores, int64_t* rows) {
+  decode_item_t(x, k_cache, v_cache, b, h0, nh, scores, rows);
+}
+REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const uint16_t* k_cache, const uint16_t* v_cache,
+                                     int64_t b, int64_t h0, int64_t nh, float* scores, int64_t* rows) {
+  decode_item_t(x, k_cache, v_cache, b, h0, nh, scores, rows);
+}
+
+// Items (sequence, range of kv heads), longest sequences first, each thread
+// taking the next free one. A range is as wide as the thread count allows:
+// reading all heads of a token is one contiguous span, which streams from
+// memory far better than one head's row every heads_kv * D elements.
+template <typename T>
+void decode_all(const DecodeView& x, const T* k_cache, const T* v_cache, int64_t batch) {
+  std::vector<int64_t> order(batch);
+  for (int64_t b = 0; b < batch; ++b) order[b] = b;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t c) { return x.seq_lens[a] > x.seq_lens[c]; });
+  const int64_t threads = at::get_num_threads();
+  const int64_t ranges = std::min(x.heads_kv, (4 * threads + batch - 1) / std::max<int64_t>(batch, 1));
+  const int64_t per_range = (x.heads_kv + ranges - 1) / ranges;
+  const int64_t items_per_seq = (x.heads_kv + per_range - 1) / per_range;
+  const int64_t n = batch * items_per_seq, G = x.heads_q / x.heads_kv;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, std::max<int64_t>(n, 1)), 1, [&](int64_t, int64_t) {
+    thread_local std::vector<float> scores;
+    thread_local std::vector<int64_t> rows;
+    for (int64_t i = next++; i < n; i = next++) {
+      const int64_t b = order[i / items_per_seq], h0 = (i % items_per_seq) * per_range;
+      const int64_t nh = std::min(per_range, x.heads_kv - h0), L = x.seq_lens[b];
+      if (static_cast<int64_t>(scores.size()) < nh * G * L) scores.resize(nh * G * L);
+      if (static_cast<int64_t>(rows.size()) < L) rows.resize(L);
+      decode_item(x, k_cache, v_cache, b, h0, nh, scores.data(), rows.data());
+    }
+  });
+}
+
+at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& block_tables, const at::Tensor& seq_lens, int64_t block_size,
+                                double scale) {
+  const DecodeAttnShape s = check_decode_attention_args(q, k_cache, v_cache, block_tables, seq_lens, block_size);
+  const at::Tensor qf = (q.to(at::kFloat) * scale).contiguous();
+  const at::Tensor tables = block_tables.contiguous(), lens = seq_lens.contiguous();
+  at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
+  const DecodeView x{qf.data_ptr<float>(),     out.data_ptr<float>(), tables.data_ptr<int32_t>(),
+                     lens.data_ptr<int32_t>(), s.heads_q,              s.heads_kv,
+                     s.head_dim,               s.max_blocks,           s.block_size};
+  if (k_cache.scalar_type() == at::kFloat) {
+    decode_all(x, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), s.batch);
+  } else {
+    decode_all(x, reinterpret_cast<const uint16_t*>(k_cache.data_ptr()),
+               reinterpret_cast<const uint16_t*>(v_cache.data_ptr()), s.batch);
+  }
+  return out.to(q.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(real_ext, CPU, m) { m.impl("decode_attention", &decode_attention_cpu); }
+
+}  // namespace real_ext
