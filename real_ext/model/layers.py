@@ -98,6 +98,33 @@ class PackedInfo:
         self.rope = None  # (cos, sin), filled by the model when it uses rope
 
 
+def fused_view(*params: torch.Tensor) -> torch.Tensor | None:
+    """The parameters as one tensor (concatenated on dim 0) when they lie back to
+    back in one storage (the flat buffer), without copying; else None."""
+    first = params[0]
+    offset = first.storage_offset()
+    for p in params:
+        if p.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or p.storage_offset() != offset \
+                or not p.is_contiguous():
+            return None
+        offset += p.numel()
+    rows = sum(p.shape[0] for p in params)
+    return torch.as_strided(first.detach(), (rows,) + tuple(first.shape[1:]), first.stride(),
+                            first.storage_offset())
+
+
+def grouped_linear(x: torch.Tensor, linears) -> list[torch.Tensor]:
+    """Each linear applied to x; without autograd, one matrix product over the
+    weights' shared flat storage when they are stored back to back."""
+    if not torch.is_grad_enabled():
+        weight = fused_view(*(m.weight for m in linears))
+        biases = [m.bias for m in linears]
+        bias = None if biases[0] is None else fused_view(*biases)
+        if weight is not None and (biases[0] is None or bias is not None):
+            return list(F.linear(x, weight, bias).split([m.weight.shape[0] for m in linears], dim=-1))
+    return [m(x) for m in linears]
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, heads: int, kv_heads: int, layer: int):
         super().__init__()
@@ -111,9 +138,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, info: PackedInfo, tp_group) -> torch.Tensor:
         x = copy_to_tp(x, tp_group)
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.heads, self.head_dim)
-        k = self.k_proj(x).view(t, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(t, self.kv_heads, self.head_dim)
+        q, k, v = grouped_linear(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.reshape(t, self.heads, self.head_dim)
+        k = k.reshape(t, self.kv_heads, self.head_dim)
+        v = v.reshape(t, self.kv_heads, self.head_dim)
         if info.rope is not None:
             q, k = apply_rope(q, *info.rope), apply_rope(k, *info.rope)
         scale = 1.0 / math.sqrt(self.head_dim)
@@ -153,7 +181,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, tp_group) -> torch.Tensor:
         x = copy_to_tp(x, tp_group)
-        h = self.act(self.gate_proj(x)) * self.up_proj(x) if self.gate_proj is not None else self.act(self.up_proj(x))
+        if self.gate_proj is not None:
+            gate, up = grouped_linear(x, (self.gate_proj, self.up_proj))
+            h = self.act(gate) * up
+        else:
+            h = self.act(self.up_proj(x))
         out = reduce_from_tp(F.linear(h, self.down_proj.weight), tp_group)
         return out if self.down_proj.bias is None else out + self.down_proj.bias
 

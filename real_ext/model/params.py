@@ -54,18 +54,23 @@ def _layer_specs(c: ModelConfig, i: int) -> list[ParamSpec]:
             add(f"{name}.bias", (h,), REPLICATED, False)
 
     norm("input_layernorm")
-    for proj, out, split in (("q_proj", c.q_size, COLUMN), ("k_proj", c.kv_size, KV_COLUMN),
-                             ("v_proj", c.kv_size, KV_COLUMN)):
+    # q/k/v weights back to back (then their biases), likewise gate/up: inference
+    # runs each group as one matrix product over a view of the flat buffer.
+    qkv = (("q_proj", c.q_size, COLUMN), ("k_proj", c.kv_size, KV_COLUMN), ("v_proj", c.kv_size, KV_COLUMN))
+    for proj, out, split in qkv:
         add(f"self_attn.{proj}.weight", (out, h), split, True)
-        if c.qkv_bias:
+    if c.qkv_bias:
+        for proj, out, split in qkv:
             add(f"self_attn.{proj}.bias", (out,), split, False)
     add("self_attn.o_proj.weight", (h, c.q_size), ROW, True)
     if c.o_bias:
         add("self_attn.o_proj.bias", (h,), REPLICATED, False)
     norm("post_attention_layernorm")
-    for proj in (("gate_proj", "up_proj") if c.gated_mlp else ("up_proj",)):
+    mlp_in = ("gate_proj", "up_proj") if c.gated_mlp else ("up_proj",)
+    for proj in mlp_in:
         add(f"mlp.{proj}.weight", (c.intermediate_size, h), COLUMN, True)
-        if c.mlp_bias:
+    if c.mlp_bias:
+        for proj in mlp_in:
             add(f"mlp.{proj}.bias", (c.intermediate_size,), COLUMN, False)
     add("mlp.down_proj.weight", (h, c.intermediate_size), ROW, True)
     if c.mlp_bias:
