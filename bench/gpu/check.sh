@@ -40,6 +40,7 @@ step bench_attention_long 120 python3 bench/bench_attention.py --device cuda --n
   --batch 32 --min-len 512 --max-len 4096 --out "$OUT_DIR/attention_long.md"
 step bench_model 120 python3 bench/bench_model.py --device cuda --dtype bfloat16 --out "$OUT_DIR/model.md"
 step bench_pack 60 python3 bench/bench_pack.py --device cuda --out "$OUT_DIR/pack.md"
+step bench_generate 150 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --out "$OUT_DIR/generate.md"
 step bench_gae 60 python3 bench/bench_gae.py --device cuda --out "$OUT_DIR/gae.md"
-for f in attention attention_long model pack gae; do [ -f "$OUT_DIR/$f.md" ] && { echo; cat "$OUT_DIR/$f.md"; } >>"$SUMMARY"; done
+for f in attention attention_long model pack generate gae; do [ -f "$OUT_DIR/$f.md" ] && { echo; cat "$OUT_DIR/$f.md"; } >>"$SUMMARY"; done
 echo; cat "$SUMMARY"
