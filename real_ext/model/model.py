@@ -102,9 +102,28 @@ class ReaLModel(nn.Module):
         """Allocate the flat buffer and make every parameter a view into it."""
         total = self.shard_map.numel(self.ctx.rank)
         self.flat = torch.zeros(total, dtype=dtype, device=device)
+        self._point_params()
+
+    def _point_params(self):
         params = dict(self.named_parameters())
         for s in self.shards:
             params[s.spec.name].data = self.flat[s.offset:s.offset + s.numel].view(s.local_shape)
+
+    def release_storage(self) -> torch.Tensor:
+        """Detach the flat buffer (to offload it); parameters are empty until adopt_storage."""
+        flat = self.flat
+        self.flat = torch.empty(0, dtype=flat.dtype, device=flat.device)
+        for p in self.parameters():
+            p.data = self.flat
+        return flat
+
+    def adopt_storage(self, flat: torch.Tensor) -> None:
+        """Take a flat buffer (e.g. reloaded from host memory) as this shard's parameters."""
+        if flat.numel() != self.shard_map.numel(self.ctx.rank):
+            raise ValueError(f"flat buffer has {flat.numel()} elements, this shard needs "
+                             f"{self.shard_map.numel(self.ctx.rank)}")
+        self.flat = flat
+        self._point_params()
 
     @property
     def tp_group(self):

@@ -1,0 +1,133 @@
+"""GRPO and ReMax: critic-free policy gradient with per-sample advantages the
+master computes from the rewards (metadata), and the "pg" loss on workers.
+
+GRPO: n samples per prompt; advantage = (r - group mean) / (group std + eps);
+loss = clipped surrogate against the behaviour policy + beta * k3 KL to the
+reference (exp(ref - logp) - (ref - logp) - 1 per token).
+ReMax: one sample per prompt plus a greedy one; advantage = r - r_greedy.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, train_minibatches
+from real_ext.algo.ppo import GEN_OUTPUTS
+from real_ext.runtime.spec import MFCSpec
+
+GREEDY_OFFSET = 1 << 40  # sample ids of ReMax's greedy baseline responses
+GREEDY_OUTPUTS = tuple(f"greedy_{k}" for k in GEN_OUTPUTS)
+
+
+def pg_step(ctx) -> dict:
+    a = ctx.mfc.args
+    use_ref = a.get("beta", 0.0) > 0
+    batch = ctx.batch(token_keys=("behav_logp",) + (("ref_logp",) if use_ref else ()), seq_keys=("prompt_len",))
+    mask = action_mask(batch)
+    advantages = ctx.args["advantages"]
+    seq_adv = torch.tensor([advantages[int(s)] for s in batch.seq_data["sample_id"].tolist()],
+                           dtype=torch.float32, device=mask.device)
+    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long()
+    batch.token_data.update(adv=torch.repeat_interleave(seq_adv, lengths) * mask, mask=mask)
+    temp, eps, beta = a.get("temperature", 1.0), a["eps_clip"], a.get("beta", 0.0)
+
+    def loss_fn(model, hidden, mb):
+        m = mb.token_data["mask"]
+        logp = policy_logprobs(model, hidden, mb, temp)
+        ratio = torch.exp((logp - mb.token_data["behav_logp"]) * m)
+        adv = mb.token_data["adv"]
+        loss = -torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+        stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > eps).float(), m))}
+        if beta > 0:
+            d = (mb.token_data["ref_logp"] - logp) * m
+            k3 = torch.exp(d) - d - 1
+            loss = loss + beta * k3
+            stats["kl"] = float(masked_mean(k3.detach(), m))
+        return masked_mean(loss, m), stats
+
+    return train_minibatches(ctx, batch, loss_fn, a.get("n_minibatches", 1))
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    batch_size: int                          # prompts per step
+    group_size: int                          # samples per prompt
+    generation: dict
+    allocations: dict
+    reward: str                              # "task:<name>"
+    beta: float = 0.0                        # k3 KL to the reference model (0: no reference model)
+    eps_clip: float = 0.2
+    n_minibatches: int = 1
+    std_eps: float = 1e-4
+
+
+class GRPO:
+    def __init__(self, config: GRPOConfig, *, remax: bool = False):
+        self.config, self.remax = config, remax
+
+    def mfcs(self) -> list[MFCSpec]:
+        c, alloc = self.config, self.config.allocations
+        n = 1 if self.remax else c.group_size
+        gen = dict(c.generation, n_samples=n)
+        task = c.reward.split(":", 1)[1]
+        mfcs = [MFCSpec("actor_gen", "actor", "generate", ("prompt",), GEN_OUTPUTS, alloc["actor_gen"],
+                        {"generation": gen}),
+                MFCSpec("reward_fn", None, "reward_fn", ("input_ids", "prompt_len"), ("reward",), alloc["reward_fn"],
+                        {"task": task})]
+        if self.remax:
+            greedy = dict(gen, greedy=True)
+            mfcs += [MFCSpec("actor_greedy", "actor", "generate", ("prompt",), GREEDY_OUTPUTS, alloc["actor_gen"],
+                             {"generation": greedy, "sample_offset": GREEDY_OFFSET}),
+                     MFCSpec("greedy_reward_fn", None, "reward_fn", GREEDY_OUTPUTS[:2], ("greedy_reward",),
+                             alloc["reward_fn"], {"task": task})]
+        inputs = GEN_OUTPUTS + ("reward",)
+        if c.beta > 0:
+            mfcs.append(MFCSpec("ref_inf", "ref", "inference", ("input_ids",), ("ref_logp",), alloc["ref_inf"],
+                                {"kind": "logprobs", "temperature": gen.get("temperature", 1.0)}))
+            inputs += ("ref_logp",)
+        if self.remax:
+            inputs += ("greedy_reward",)
+        mfcs.append(MFCSpec("actor_train", "actor", "train_step", inputs, (), alloc["actor_train"],
+                            {"loss": "pg", "eps_clip": c.eps_clip, "beta": c.beta, "n_minibatches": c.n_minibatches,
+                             "temperature": gen.get("temperature", 1.0)}))
+        return mfcs
+
+    def prompts_for_step(self, step: int, dataset) -> list[int]:
+        n, b = len(dataset), self.config.batch_size
+        return [(step * b + i) % n for i in range(b)]
+
+    def samples(self, mfc, prompts, state) -> list[int]:
+        if mfc.name == "greedy_reward_fn":
+            return [GREEDY_OFFSET + p for p in prompts]
+        n = 1 if self.remax else self.config.group_size
+        return [p * n + k for p in prompts for k in range(n)]
+
+    def _advantages(self, state) -> dict[int, float]:
+        prompts = sorted({sid // (1 if self.remax else self.config.group_size)
+                          for sid, m in state.meta.items() if "reward" in m and sid < GREEDY_OFFSET})
+        out = {}
+        for p in prompts:
+            if self.remax:
+                out[p] = state.meta[p]["reward"] - state.meta[GREEDY_OFFSET + p]["greedy_reward"]
+                continue
+            g = self.config.group_size
+            rewards = torch.tensor([state.meta[p * g + k]["reward"] for k in range(g)], dtype=torch.float64)
+            normed = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + self.config.std_eps)
+            out.update({p * g + k: float(normed[k]) for k in range(g)})
+        return out
+
+    def args_for(self, mfc, state, split) -> dict:
+        return {"advantages": self._advantages(state)} if mfc.interface == "train_step" else {}
+
+    def finish_step(self, state) -> dict:
+        stats = dict(state.stats)
+        rewards = [m["reward"] for sid, m in state.meta.items() if "reward" in m]
+        stats["reward/mean"] = sum(rewards) / len(rewards) if rewards else 0.0
+        if self.remax:
+            greedy = [m["greedy_reward"] for m in state.meta.values() if "greedy_reward" in m]
+            stats["greedy_reward/mean"] = sum(greedy) / len(greedy) if greedy else 0.0
+        lengths = [m["length"] - m["prompt_len"] for sid, m in state.meta.items()
+                   if "length" in m and sid < GREEDY_OFFSET]
+        stats["response_len/mean"] = sum(lengths) / len(lengths) if lengths else 0.0
+        return stats

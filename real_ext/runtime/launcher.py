@@ -1,0 +1,138 @@
+"""The local launcher (the default): N worker processes started with
+multiprocessing (spawn), each talking to the master over an authenticated
+connection on 127.0.0.1 and to each other over torch.distributed (gloo on CPU,
+NCCL on GPU, one worker per GPU)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import socket
+import traceback
+from multiprocessing.connection import Client, Listener, wait
+
+from real_ext.runtime import ops
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_main(rank: int, world_size: int, address, authkey: bytes, dist_port: int, setup, threads: int):
+    # Ctrl-C is the master's to handle: it stops the workers (shutdown, then terminate).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Client(address, authkey=authkey)
+    conn.send(("hello", rank))
+    try:
+        import torch
+        import torch.distributed as dist
+        torch.set_num_threads(threads)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(dist_port))
+        backend = "nccl" if setup.device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            setup.device = f"cuda:{rank % torch.cuda.device_count()}"
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        from real_ext.runtime.worker import Worker, worker_loop
+        worker = Worker(rank, world_size, setup)
+        conn.send(("ready", rank))
+        worker_loop(worker, conn.recv, conn.send)
+    except (EOFError, OSError):
+        pass  # the master is gone
+    except BaseException:  # noqa: BLE001 (reported to the master)
+        try:
+            conn.send(("failed", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        try:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 (best effort while exiting)
+            pass
+
+
+class WorkerFailure(RuntimeError):
+    """A worker raised or died; the message names it, the MFC and the traceback."""
+
+    def __init__(self, message: str, rank: int | None = None):
+        super().__init__(message)
+        self.rank = rank
+
+
+class LocalLauncher:
+    def __init__(self, n_workers: int, setup, *, threads_per_worker: int = 1, start_timeout: float = 300.0):
+        self.n = n_workers
+        authkey = secrets.token_bytes(32)
+        self.listener = Listener(("127.0.0.1", 0), authkey=authkey)
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        self.procs = [ctx.Process(target=_worker_main, daemon=True,
+                                  args=(r, n_workers, self.listener.address, authkey, port, setup,
+                                        threads_per_worker))
+                      for r in range(n_workers)]
+        for p in self.procs:
+            p.start()
+        self.conns = [None] * n_workers
+        for _ in range(n_workers):
+            conn = self.listener.accept()
+            _, rank = conn.recv()
+            self.conns[rank] = conn
+        for rank, conn in enumerate(self.conns):
+            if not conn.poll(start_timeout):
+                self.close()
+                raise WorkerFailure(f"worker {rank} did not finish starting within {start_timeout:.0f} s")
+            msg = conn.recv()
+            if msg[0] == "failed":
+                self.close()
+                raise WorkerFailure(f"worker {rank} failed while starting:\n{msg[1]}")
+
+    def send(self, rank: int, op: ops.Op) -> None:
+        self.conns[rank].send(op)
+
+    def receive(self, timeout: float):
+        """(rank, reply) of the next reply from any worker, or None on timeout.
+        Raises WorkerFailure when a worker died or reported a failure."""
+        ready = wait([c for c in self.conns if c is not None], timeout=timeout)
+        if not ready:
+            for rank, p in enumerate(self.procs):
+                if not p.is_alive():
+                    raise WorkerFailure(f"worker {rank} died (exit code {p.exitcode})", rank=rank)
+            return None
+        conn = ready[0]
+        rank = self.conns.index(conn)
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            self.procs[rank].join(timeout=5)
+            raise WorkerFailure(f"worker {rank} died (exit code {self.procs[rank].exitcode})", rank=rank) from None
+        if isinstance(msg, tuple) and msg[0] == "failed":
+            raise WorkerFailure(f"worker {rank} failed:\n{msg[1]}", rank=rank)
+        return rank, msg
+
+    def close(self, grace: float = 10.0) -> None:
+        """Stop every worker: a shutdown request, then terminate, then kill."""
+        for rank, conn in enumerate(self.conns):
+            if conn is not None:
+                try:
+                    conn.send(ops.Op(-1, ops.SHUTDOWN, "shutdown", (rank,)))
+                except OSError:
+                    pass
+        for p in self.procs:
+            p.join(timeout=grace)
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        for conn in self.conns:
+            if conn is not None:
+                conn.close()
+        self.listener.close()

@@ -1,0 +1,234 @@
+"""The master: drives the dataflow graph over the model workers, holding only
+metadata (sample ids, lengths, rewards, which worker holds which data).
+
+One training step: prompts are picked; MFCs are issued in a topological order,
+each as [data transfer in] -> [parameter reallocation in] -> run -> [free the
+reallocated copy]; an MFC is issued once its parents have replied (their
+metadata decides the token-balanced split and who sends what). Operations are
+numbered and every worker executes its own in that order, so MFCs on disjoint
+meshes run concurrently while collectives never deadlock. A model's first call
+of step t+1 comes after its train_step of step t in that order, which enforces
+parameter versions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from real_ext.data.packed import balanced_cuts
+from real_ext.runtime import ops
+from real_ext.runtime.dfg import DFG
+from real_ext.runtime.launcher import LocalLauncher, WorkerFailure
+from real_ext.runtime.spec import MFCSpec, validate, validate_offload
+from real_ext.runtime.trace import Trace
+from real_ext.runtime.transfer import plan_transfers
+from real_ext.runtime.worker import Setup, layout_key
+
+REPLY_TIMEOUT = 3600.0  # seconds without any reply before the run is declared hung
+
+
+def home_allocations(models, mfcs: list[MFCSpec]) -> dict:
+    """Where each model's parameters live: its train_step's allocation, else its first MFC's."""
+    homes = {}
+    for m in mfcs:
+        if m.model is not None and m.interface == "train_step":
+            homes[m.model] = m.allocation
+    for m in mfcs:
+        if m.model is not None:
+            homes.setdefault(m.model, m.allocation)
+    return homes
+
+
+@dataclasses.dataclass
+class StepState:
+    meta: dict                    # sample id -> metadata from the MFCs that produced it
+    holders: dict                 # (sample id, key) -> workers holding it
+    stats: dict                   # "mfc/stat" -> value
+
+
+class Master:
+    def __init__(self, models: dict, algorithm, dataset, n_workers: int, *, device: str = "cpu",
+                 threads_per_worker: int = 1, offload: tuple[str, ...] = (), launcher=None,
+                 trace: Trace | None = None):
+        """``offload`` names models (inference-only) whose parameters wait in host
+        memory between their calls (reloaded before each, offloaded after)."""
+        self.models, self.algorithm, self.dataset = models, algorithm, dataset
+        self.mfcs = algorithm.mfcs()
+        validate(models, self.mfcs, n_workers)
+        validate_offload(models, self.mfcs, offload)
+        self.offload = tuple(offload)
+        self.dfg = DFG.build(self.mfcs)
+        self.homes = home_allocations(models, self.mfcs)
+        self.n_workers = n_workers
+        self.trace = trace or Trace()
+        self.setup = Setup(models, self.mfcs, self.homes, dataset, device)
+        self.launcher = launcher or LocalLauncher(n_workers, self.setup, threads_per_worker=threads_per_worker)
+        self.next_id = 0
+        self.pending: dict[int, set[int]] = {}
+        self.replies: dict[int, dict[int, ops.Reply]] = {}
+        self.op_names: dict[int, str] = {}
+        self.step_count = 0
+        for name in self.offload:
+            self._issue_model_op(ops.OFFLOAD, name)
+
+    # ------------------------------------------------------------ plumbing
+
+    def issue(self, kind: str, name: str, participants, payload=None) -> int:
+        op = ops.Op(self.next_id, kind, name, tuple(sorted(set(participants))), payload or {})
+        self.next_id += 1
+        self.pending[op.id] = set(op.participants)
+        self.replies[op.id] = {}
+        self.op_names[op.id] = name
+        for rank in op.participants:
+            self.launcher.send(rank, op)
+        return op.id
+
+    def wait(self, op_ids) -> dict[int, dict[int, ops.Reply]]:
+        """Replies of all the given operations (collecting any others that arrive)."""
+        op_ids = list(op_ids)
+        while any(self.pending.get(i) for i in op_ids):
+            self._receive_one(op_ids)
+        return {i: self.replies.pop(i) for i in op_ids}
+
+    def wait_any(self, op_ids) -> tuple[int, dict[int, ops.Reply]]:
+        """(id, replies) of the first of the given operations to finish."""
+        while True:
+            for i in op_ids:
+                if not self.pending[i]:
+                    return i, self.replies.pop(i)
+            self._receive_one(op_ids)
+
+    def _receive_one(self, op_ids) -> None:
+        try:
+            got = self.launcher.receive(timeout=REPLY_TIMEOUT)
+        except WorkerFailure as e:
+            # A worker died: name what it was doing (its oldest unanswered operation).
+            doing = [self.op_names[i] for i in sorted(self.pending) if e.rank in self.pending[i]]
+            where = f" while executing {doing[0]!r}" if doing else ""
+            raise WorkerFailure(f"{e}{where}", rank=e.rank) from None
+        if got is None:
+            raise WorkerFailure(f"no reply from any worker for {REPLY_TIMEOUT:.0f} s; waiting on "
+                                + ", ".join(f"{self.op_names[i]} (workers {sorted(self.pending[i])})"
+                                            for i in op_ids if self.pending.get(i)))
+        rank, reply = got
+        self.trace.add(rank, reply.spans)
+        if not reply.ok:
+            raise WorkerFailure(f"worker {rank} failed in {self.op_names[reply.op_id]!r}:\n{reply.error}",
+                                rank=rank)
+        self.replies[reply.op_id][rank] = reply
+        self.pending[reply.op_id].discard(rank)
+
+    def _forget_finished(self) -> None:
+        for i in [i for i, left in self.pending.items() if not left]:
+            del self.pending[i], self.op_names[i]
+            self.replies.pop(i, None)
+
+    def close(self) -> None:
+        self.launcher.close()
+
+    def __enter__(self) -> "Master":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ one step
+
+    def _split(self, mfc: MFCSpec, samples: list[int], state: StepState) -> dict[int, list[int]]:
+        """Samples per worker: a token-balanced contiguous split over the dp ranks;
+        every worker of a dp rank gets that rank's samples."""
+        layout = mfc.allocation.layout
+        lengths = [state.meta.get(s, {}).get("length", 1) for s in samples]
+        cuts = balanced_cuts(lengths, layout.dp) if len(samples) >= layout.dp else None
+        if cuts is None:
+            raise ValueError(f"MFC {mfc.name!r}: {len(samples)} samples cannot be split over dp={layout.dp}")
+        per_dp = [samples[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        return {rank: per_dp[layout.coord(rank).dp] for rank in layout.mesh}
+
+    def _issue_transfer(self, mfc: MFCSpec, split: dict[int, list[int]], state: StepState) -> None:
+        keys = [k for k in mfc.inputs if k not in self.dfg.dataset_keys]
+        pairs = plan_transfers(split, keys, state.holders) if keys else []
+        if not pairs:
+            return
+        participants = {p[0] for p in pairs} | {p[1] for p in pairs}
+        self.issue(ops.TRANSFER, f"{mfc.name}:data", participants, {"pairs": pairs})
+        for src, dst, sids, ks in pairs:
+            for sid in sids:
+                for k in ks:
+                    state.holders.setdefault((sid, k), set()).add(dst)
+
+    def _issue_model_op(self, kind: str, model: str) -> int:
+        home = self.homes[model]
+        return self.issue(kind, f"{model}:{kind}", home.mesh, {"model": model, "allocation": home})
+
+    def _issue_run(self, mfc: MFCSpec, split: dict[int, list[int]], state: StepState) -> int:
+        """[reload] -> [reallocation in] -> run -> [free the reallocated copy] ->
+        [offload]; returns the run's id."""
+        home = self.homes.get(mfc.model)
+        moved = mfc.model is not None and layout_key(home) != layout_key(mfc.allocation)
+        offloaded = mfc.model in self.offload
+        if offloaded:
+            self._issue_model_op(ops.RELOAD, mfc.model)
+        if moved:
+            self.issue(ops.REALLOC, f"{mfc.model}:realloc", set(home.mesh) | set(mfc.allocation.mesh),
+                       {"model": mfc.model, "src": home, "dst": mfc.allocation})
+        args = dict(self.algorithm.args_for(mfc, state, split), step=self.step_count)
+        run = self.issue(ops.RUN, mfc.name, mfc.allocation.mesh, {"mfc": mfc.name, "samples": split, "args": args})
+        if moved:
+            self.issue(ops.FREE, f"{mfc.model}:free", mfc.allocation.mesh,
+                       {"model": mfc.model, "allocation": mfc.allocation})
+        if offloaded:
+            self._issue_model_op(ops.OFFLOAD, mfc.model)
+        return run
+
+    def _collect(self, mfc: MFCSpec, replies: dict[int, ops.Reply], state: StepState) -> None:
+        for rank, reply in replies.items():
+            for sid, m in reply.result["meta"].items():
+                state.meta.setdefault(sid, {}).update(m)
+            for sid in reply.result["held"]:
+                for key in mfc.outputs:
+                    state.holders.setdefault((sid, key), set()).add(rank)
+            for k, v in reply.result["stats"].items():
+                state.stats[f"{mfc.name}/{k}"] = v  # global stats are equal on every rank
+            for k, v in reply.result["summed"].items():
+                state.stats[f"{mfc.name}/{k}"] = state.stats.get(f"{mfc.name}/{k}", 0) + v
+
+    def step(self) -> dict:
+        """One iteration of the dataflow graph; returns its statistics.
+
+        Every MFC is issued as soon as all its parents have replied (their
+        metadata decides its token-balanced split and who sends it what). MFCs
+        that become ready together have all their data transfers issued before
+        any of their runs, so that a worker busy with one run never holds up
+        the data another MFC on other workers needs."""
+        t0 = time.time()
+        prompts = self.algorithm.prompts_for_step(self.step_count, self.dataset)
+        state = StepState(meta={}, holders={}, stats={})
+        runs: dict[int, MFCSpec] = {}    # run op id -> its MFC, while running
+        done: set[str] = set()
+        issued: set[str] = set()
+        while len(done) < len(self.mfcs):
+            ready = [m for m in self.dfg.mfcs
+                     if m.name not in issued and all(p in done for p in self.dfg.parents(m))]
+            splits = {}
+            for mfc in ready:
+                samples = prompts if mfc.interface == "generate" else self.algorithm.samples(mfc, prompts, state)
+                splits[mfc.name] = self._split(mfc, samples, state)
+                self._issue_transfer(mfc, splits[mfc.name], state)
+            for mfc in ready:
+                runs[self._issue_run(mfc, splits[mfc.name], state)] = mfc
+                issued.add(mfc.name)
+            op_id, replies = self.wait_any(list(runs))
+            mfc = runs.pop(op_id)
+            self._collect(mfc, replies, state)
+            done.add(mfc.name)
+        # Every worker answers in order, so once all have cleared, every reply of this step is in.
+        self.wait([self.issue(ops.CLEAR, "clear", range(self.n_workers))])
+        self._forget_finished()
+        stats = self.algorithm.finish_step(state)
+        stats.update(step=self.step_count, time_s=time.time() - t0)
+        self.step_count += 1
+        return stats
+
+    def save(self, model: str, path: str) -> None:
+        self.wait([self.issue(ops.SAVE, f"{model}:save", self.homes[model].mesh, {"model": model, "path": path})])
