@@ -14,7 +14,7 @@ import torch
 
 from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, train_minibatches
 from real_ext.algo.ppo import GEN_OUTPUTS
-from real_ext.runtime.spec import MFCSpec
+from real_ext.runtime.spec import AllocationError, MFCSpec
 
 GREEDY_OFFSET = 1 << 40  # sample ids of ReMax's greedy baseline responses
 GREEDY_OUTPUTS = tuple(f"greedy_{k}" for k in GEN_OUTPUTS)
@@ -55,7 +55,7 @@ class GRPOConfig:
     group_size: int                          # samples per prompt
     generation: dict
     allocations: dict
-    reward: str                              # "task:<name>"
+    reward: str                              # "task:<name>" or "fn:<module>.<function>" (runtime/rewards.py)
     beta: float = 0.0                        # k3 KL to the reference model (0: no reference model)
     eps_clip: float = 0.2
     n_minibatches: int = 1
@@ -67,30 +67,37 @@ class GRPO:
         self.config, self.remax = config, remax
 
     def mfcs(self) -> list[MFCSpec]:
-        c, alloc = self.config, self.config.allocations
+        c = self.config
+        needed = {"actor_gen", "reward_fn", "actor_train"} | ({"ref_inf"} if c.beta > 0 else set())
+        missing = needed - set(c.allocations)
+        if missing:
+            raise AllocationError(f"{'ReMax' if self.remax else 'GRPO'} needs allocations for MFCs {sorted(missing)}; "
+                                  f"given: {sorted(c.allocations)}")
+        alloc = c.allocations
         n = 1 if self.remax else c.group_size
         gen = dict(c.generation, n_samples=n)
-        task = c.reward.split(":", 1)[1]
         mfcs = [MFCSpec("actor_gen", "actor", "generate", ("prompt",), GEN_OUTPUTS, alloc["actor_gen"],
                         {"generation": gen}),
                 MFCSpec("reward_fn", None, "reward_fn", ("input_ids", "prompt_len"), ("reward",), alloc["reward_fn"],
-                        {"task": task})]
+                        {"reward": c.reward})]
         if self.remax:
             greedy = dict(gen, greedy=True)
             mfcs += [MFCSpec("actor_greedy", "actor", "generate", ("prompt",), GREEDY_OUTPUTS, alloc["actor_gen"],
                              {"generation": greedy, "sample_offset": GREEDY_OFFSET}),
                      MFCSpec("greedy_reward_fn", None, "reward_fn", GREEDY_OUTPUTS[:2], ("greedy_reward",),
-                             alloc["reward_fn"], {"task": task})]
-        inputs = GEN_OUTPUTS + ("reward",)
+                             alloc["reward_fn"], {"reward": c.reward})]
+        inputs, waits_for = GEN_OUTPUTS, ("reward",)  # rewards reach the loss as advantages from the master
         if c.beta > 0:
             mfcs.append(MFCSpec("ref_inf", "ref", "inference", ("input_ids",), ("ref_logp",), alloc["ref_inf"],
                                 {"kind": "logprobs", "temperature": gen.get("temperature", 1.0)}))
             inputs += ("ref_logp",)
         if self.remax:
-            inputs += ("greedy_reward",)
+            waits_for += ("greedy_reward",)
         mfcs.append(MFCSpec("actor_train", "actor", "train_step", inputs, (), alloc["actor_train"],
                             {"loss": "pg", "eps_clip": c.eps_clip, "beta": c.beta, "n_minibatches": c.n_minibatches,
-                             "temperature": gen.get("temperature", 1.0)}))
+                             "temperature": gen.get("temperature", 1.0)}, meta_inputs=waits_for))
+        for m in mfcs:  # generation calls see prompts; the rest see every response
+            m.n_seqs = c.batch_size if m.interface == "generate" or m.name == "greedy_reward_fn" else c.batch_size * n
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:

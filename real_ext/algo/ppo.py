@@ -17,7 +17,7 @@ import torch
 
 from real_ext import ops
 from real_ext.algo.common import action_mask, global_mean_std, masked_mean, policy_logprobs, train_minibatches
-from real_ext.runtime.spec import Allocation, MFCSpec
+from real_ext.runtime.spec import Allocation, AllocationError, MFCSpec
 
 GEN_OUTPUTS = ("input_ids", "prompt_len", "behav_logp", "stopped")
 
@@ -27,7 +27,7 @@ class PPOConfig:
     batch_size: int                              # prompts per step
     generation: dict                             # GenerationConfig fields
     allocations: dict                            # MFC name -> Allocation
-    reward: str = "model"                        # "model" (a reward model) or "task:<name>" (Python reward)
+    reward: str = "model"                        # "model" (a reward model) or a rule (runtime/rewards.py)
     kl_coef: float = 0.05
     adaptive_kl: bool = False
     kl_target: float = 6.0
@@ -124,6 +124,8 @@ class PPO:
         self.config, self.kl_coef = config, config.kl_coef
 
     def _alloc(self, name) -> Allocation:
+        if name not in self.config.allocations:
+            raise AllocationError(f"PPO needs an allocation for MFC {name!r}; given: {sorted(self.config.allocations)}")
         return self.config.allocations[name]
 
     def mfcs(self) -> list[MFCSpec]:
@@ -139,7 +141,7 @@ class PPO:
                                 self._alloc("reward_inf"), {"kind": "score"}))
         else:
             mfcs.append(MFCSpec("reward_fn", None, "reward_fn", ("input_ids", "prompt_len"), ("reward",),
-                                self._alloc("reward_fn"), {"task": c.reward.split(":", 1)[1]}))
+                                self._alloc("reward_fn"), {"reward": c.reward}))
         mfcs += [
             MFCSpec("ref_inf", "ref", "inference", ("input_ids",), ("ref_logp",), self._alloc("ref_inf"),
                     {"kind": "logprobs", "temperature": hyper["temperature"]}),
@@ -150,6 +152,8 @@ class PPO:
             MFCSpec("critic_train", "critic", "train_step", train_inputs, (), self._alloc("critic_train"),
                     dict(hyper, loss="ppo_critic")),
         ]
+        for m in mfcs:  # one response per prompt: every call sees batch_size sequences
+            m.n_seqs = c.batch_size
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:

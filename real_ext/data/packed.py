@@ -14,11 +14,12 @@ def cu_seqlens_of(lengths) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32)
 
 
-def balanced_cuts(lengths: list[int], n: int) -> list[int]:
-    """Boundaries 0 = c_0 < ... < c_n = B of n contiguous, non-empty groups of
-    sequences whose token counts are as even as a greedy sweep makes them."""
-    if not 1 <= n <= len(lengths):
-        raise ValueError(f"cannot split {len(lengths)} sequences into {n} non-empty groups")
+def balanced_cuts(lengths: list[int], n: int, min_size: int = 1) -> list[int]:
+    """Boundaries 0 = c_0 < ... < c_n = B of n contiguous groups of at least
+    min_size sequences each, whose token counts are as even as a greedy sweep
+    makes them."""
+    if n < 1 or min_size < 1 or n * min_size > len(lengths):
+        raise ValueError(f"cannot split {len(lengths)} sequences into {n} groups of at least {min_size}")
     total = sum(lengths)
     cuts, acc = [0], 0
     for i, length in enumerate(lengths):
@@ -27,8 +28,10 @@ def balanced_cuts(lengths: list[int], n: int) -> list[int]:
         seqs_left = len(lengths) - (i + 1)
         if groups_left == 0:
             break
-        # Close the group at the token target, or when the rest must go one per group.
-        if seqs_left == groups_left or (acc >= total * len(cuts) / n and seqs_left >= groups_left):
+        size = i + 1 - cuts[-1]
+        # Close the group at the token target, or when the rest is just enough for the groups left.
+        if size >= min_size and (seqs_left == groups_left * min_size
+                                 or (acc >= total * len(cuts) / n and seqs_left >= groups_left * min_size)):
             cuts.append(i + 1)
     cuts.append(len(lengths))
     return cuts

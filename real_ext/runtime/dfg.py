@@ -14,7 +14,7 @@ class DFG:
     dataset_keys: set[str]
 
     def parents(self, mfc: MFCSpec) -> list[str]:
-        return sorted({self.producer[k] for k in mfc.inputs if k in self.producer})
+        return sorted({self.producer[k] for k in mfc.inputs + mfc.meta_inputs if k in self.producer})
 
     @staticmethod
     def build(mfcs: list[MFCSpec]) -> "DFG":
@@ -25,6 +25,10 @@ class DFG:
                     raise AllocationError(f"key {key!r} is produced by both {producer[key]!r} and {m.name!r}")
                 producer[key] = m.name
         dataset_keys = {k for m in mfcs for k in m.inputs if k not in producer}
+        for m in mfcs:
+            missing = [k for k in m.meta_inputs if k not in producer]
+            if missing:
+                raise AllocationError(f"MFC {m.name!r} waits for keys {missing} that no MFC produces")
         by_name = {m.name: m for m in mfcs}
         order, done, visiting = [], set(), set()
 
@@ -34,7 +38,7 @@ class DFG:
             if name in visiting:
                 raise AllocationError(f"the dataflow graph has a cycle through MFC {name!r}")
             visiting.add(name)
-            for key in by_name[name].inputs:
+            for key in by_name[name].inputs + by_name[name].meta_inputs:
                 if key in producer:
                     visit(producer[key])
             visiting.discard(name)

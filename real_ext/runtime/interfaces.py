@@ -4,7 +4,7 @@
               "prompt_len", "behav_logp" (per token, see below), "stopped" (the
               MFC's four output names, in this order)
 - inference:  args kind "logprobs" | "values" | "score" -> the MFC's output key
-- reward_fn:  a Python reward on each sample (args "task"); inputs named
+- reward_fn:  a rule-based reward on each sample (args "reward", see rewards.py); inputs named
               (input_ids, prompt_len) by the MFC -> its output key
 - train_step: one or more optimizer updates with the algorithm's loss (args "loss")
 
@@ -21,6 +21,7 @@ import torch
 
 from real_ext.data.packed import PackedBatch, cu_seqlens_of
 from real_ext.generation import GenerationConfig, generate
+from real_ext.runtime.rewards import resolve_reward
 
 
 @dataclasses.dataclass
@@ -116,14 +117,13 @@ def _inference(ctx: RunContext):
 
 
 def _reward_fn(ctx: RunContext):
-    from real_ext.tasks import get_task
-    task = get_task(ctx.mfc.args["task"])
+    reward = resolve_reward(ctx.mfc.args["reward"])
     key = ctx.mfc.outputs[0]
     ids_key, plen_key = ctx.mfc.inputs  # named by the MFC: (input_ids, prompt_len)
     outputs, meta = {}, {}
     for sid in ctx.sample_ids:
         ids, plen = ctx.store[sid][ids_key].tolist(), int(ctx.store[sid][plen_key])
-        r = float(task.reward(ids[:plen], ids[plen:]))
+        r = float(reward(ids[:plen], ids[plen:]))
         outputs[sid] = {key: torch.tensor(r, dtype=torch.float32)}
         meta[sid] = {key: r}
     return RunResult(outputs, meta=meta)

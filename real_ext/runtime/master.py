@@ -68,6 +68,8 @@ class Master:
         self.replies: dict[int, dict[int, ops.Reply]] = {}
         self.op_names: dict[int, str] = {}
         self.step_count = 0
+        self.copies: set[tuple] = set()      # (model, layout) reallocated copies alive on workers
+        self.reloaded: set[str] = set()      # offloaded models currently back on their devices
         for name in self.offload:
             self._issue_model_op(ops.OFFLOAD, name)
 
@@ -135,13 +137,12 @@ class Master:
     # ------------------------------------------------------------ one step
 
     def _split(self, mfc: MFCSpec, samples: list[int], state: StepState) -> dict[int, list[int]]:
-        """Samples per worker: a token-balanced contiguous split over the dp ranks;
-        every worker of a dp rank gets that rank's samples."""
+        """Samples per worker: a token-balanced contiguous split over the dp ranks
+        (each with at least one sequence per mini-batch); every worker of a dp
+        rank gets that rank's samples."""
         layout = mfc.allocation.layout
         lengths = [state.meta.get(s, {}).get("length", 1) for s in samples]
-        cuts = balanced_cuts(lengths, layout.dp) if len(samples) >= layout.dp else None
-        if cuts is None:
-            raise ValueError(f"MFC {mfc.name!r}: {len(samples)} samples cannot be split over dp={layout.dp}")
+        cuts = balanced_cuts(lengths, layout.dp, mfc.min_per_rank)
         per_dp = [samples[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
         return {rank: per_dp[layout.coord(rank).dp] for rank in layout.mesh}
 
@@ -161,24 +162,30 @@ class Master:
         home = self.homes[model]
         return self.issue(kind, f"{model}:{kind}", home.mesh, {"model": model, "allocation": home})
 
-    def _issue_run(self, mfc: MFCSpec, split: dict[int, list[int]], state: StepState) -> int:
+    def _issue_run(self, mfc: MFCSpec, split: dict[int, list[int]], state: StepState, later: list[MFCSpec]) -> int:
         """[reload] -> [reallocation in] -> run -> [free the reallocated copy] ->
-        [offload]; returns the run's id."""
-        home = self.homes.get(mfc.model)
-        moved = mfc.model is not None and layout_key(home) != layout_key(mfc.allocation)
-        offloaded = mfc.model in self.offload
-        if offloaded:
-            self._issue_model_op(ops.RELOAD, mfc.model)
-        if moved:
-            self.issue(ops.REALLOC, f"{mfc.model}:realloc", set(home.mesh) | set(mfc.allocation.mesh),
-                       {"model": mfc.model, "src": home, "dst": mfc.allocation})
+        [offload]; returns the run's id. A reallocated copy (a reloaded model)
+        stays while MFCs issued ``later`` in this step still use it, so that
+        e.g. ReMax's sampled and greedy generation share one reallocation."""
+        model = mfc.model
+        home = self.homes.get(model)
+        moved = model is not None and layout_key(home) != layout_key(mfc.allocation)
+        copy = (model, layout_key(mfc.allocation))
+        if model in self.offload and model not in self.reloaded:
+            self._issue_model_op(ops.RELOAD, model)
+            self.reloaded.add(model)
+        if moved and copy not in self.copies:
+            self.issue(ops.REALLOC, f"{model}:realloc", set(home.mesh) | set(mfc.allocation.mesh),
+                       {"model": model, "src": home, "dst": mfc.allocation})
+            self.copies.add(copy)
         args = dict(self.algorithm.args_for(mfc, state, split), step=self.step_count)
         run = self.issue(ops.RUN, mfc.name, mfc.allocation.mesh, {"mfc": mfc.name, "samples": split, "args": args})
-        if moved:
-            self.issue(ops.FREE, f"{mfc.model}:free", mfc.allocation.mesh,
-                       {"model": mfc.model, "allocation": mfc.allocation})
-        if offloaded:
-            self._issue_model_op(ops.OFFLOAD, mfc.model)
+        if moved and not any((m.model, layout_key(m.allocation)) == copy for m in later):
+            self.issue(ops.FREE, f"{model}:free", mfc.allocation.mesh, {"model": model, "allocation": mfc.allocation})
+            self.copies.discard(copy)
+        if model in self.offload and not any(m.model == model for m in later):
+            self._issue_model_op(ops.OFFLOAD, model)
+            self.reloaded.discard(model)
         return run
 
     def _collect(self, mfc: MFCSpec, replies: dict[int, ops.Reply], state: StepState) -> None:
@@ -216,8 +223,9 @@ class Master:
                 splits[mfc.name] = self._split(mfc, samples, state)
                 self._issue_transfer(mfc, splits[mfc.name], state)
             for mfc in ready:
-                runs[self._issue_run(mfc, splits[mfc.name], state)] = mfc
                 issued.add(mfc.name)
+                later = [m for m in self.dfg.mfcs if m.name not in issued]
+                runs[self._issue_run(mfc, splits[mfc.name], state, later)] = mfc
             op_id, replies = self.wait_any(list(runs))
             mfc = runs.pop(op_id)
             self._collect(mfc, replies, state)

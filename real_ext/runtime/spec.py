@@ -59,6 +59,15 @@ class MFCSpec:
     outputs: tuple[str, ...]
     allocation: Allocation
     args: dict = dataclasses.field(default_factory=dict)
+    n_seqs: int | None = None           # sequences per call (prompts for generate); checked against dp
+    # Keys the master must have (as metadata, e.g. rewards for advantages) before
+    # this MFC runs, but which its workers do not need: a dependency, no transfer.
+    meta_inputs: tuple[str, ...] = ()
+
+    @property
+    def min_per_rank(self) -> int:
+        """Sequences every data-parallel rank needs: one per mini-batch update."""
+        return self.args.get("n_minibatches", 1) if self.interface == "train_step" else 1
 
 
 def validate(models: dict[str, ModelSpec], mfcs: list[MFCSpec], n_workers: int) -> None:
@@ -82,9 +91,14 @@ def validate(models: dict[str, ModelSpec], mfcs: list[MFCSpec], n_workers: int) 
                                   f"{n_workers} workers (0..{n_workers - 1})")
         if a.n_microbatches < 1:
             raise AllocationError(f"{where}: n_microbatches must be >= 1")
+        if m.n_seqs is not None and m.n_seqs % layout.dp:
+            raise AllocationError(f"{where}: its batch of {m.n_seqs} sequences is not divisible by dp={layout.dp}; "
+                                  f"make the batch a multiple of {layout.dp} or change dp")
         if m.interface == "reward_fn":
             if m.model is not None:
                 raise AllocationError(f"{where}: a reward_fn MFC runs no model; set model to None")
+            from real_ext.runtime.rewards import resolve_reward
+            resolve_reward(m.args.get("reward", ""))
             continue
         if m.model not in models:
             raise AllocationError(f"{where}: model {m.model!r} is not defined (defined: {sorted(models)})")
@@ -98,9 +112,9 @@ def validate(models: dict[str, ModelSpec], mfcs: list[MFCSpec], n_workers: int) 
                                   f"{m.model!r}")
         if m.interface == "train_step" and models[m.model].optimizer is None:
             raise AllocationError(f"{where}: model {m.model!r} trains but has no optimizer config")
-        batch = m.args.get("batch_size")
-        if batch is not None and batch % layout.dp:
-            raise AllocationError(f"{where}: batch_size={batch} is not divisible by dp={layout.dp}")
+        if m.n_seqs is not None and m.n_seqs // layout.dp < m.min_per_rank:
+            raise AllocationError(f"{where}: {m.n_seqs // layout.dp} sequences per data-parallel rank cannot make "
+                                  f"{m.min_per_rank} mini-batches; raise the batch or lower n_minibatches")
     trained = [m.model for m in mfcs if m.interface == "train_step"]
     for model in set(trained):
         if trained.count(model) > 1:

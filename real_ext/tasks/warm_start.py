@@ -33,13 +33,13 @@ def sft_loss(model, hidden, mb):
 def warm_start(task, path: str, *, size: str = "tiny", steps: int = 100, batch_size: int = 32, lr: float = 3e-3,
                seed: int = 0) -> str:
     """Train a fresh ``size`` model on ``steps`` batches of reference answers
-    (prompts from seeds disjoint from the RL prompts' seed 0) and save it with
-    the tokenizer to ``path``; returns ``path``."""
+    (prompts from random streams of their own, not those of integer-seeded RL
+    prompt sets) and save it with the tokenizer to ``path``; returns ``path``."""
     config = ModelConfig.from_hf_dict(task.model_config(size))
     model = ReaLModel.from_config(config, seed=seed)
     trainer = Trainer(model, OptimConfig(lr=lr))
     for step in range(steps):
-        examples = task.sft_examples(batch_size, seed=1_000_000 + seed * steps + step)
+        examples = task.sft_examples(batch_size, seed=f"warm-start/{seed}/{step}")
         batch = PackedBatch.from_sequences([p + a for p, a in examples],
                                            prompt_len=[len(p) for p, _ in examples])
         batch.token_data["mask"] = answer_mask(batch)

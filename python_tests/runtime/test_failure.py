@@ -1,0 +1,87 @@
+"""A worker that raises or is killed: the master names the worker, the MFC and
+the traceback, and every process is gone within 60 s. Ctrl-C stops a run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from python_tests.runtime import experiments as ex
+from real_ext.runtime import Master, WorkerFailure
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _fail_and_stop(dataset, match: str) -> tuple[str, float, list]:
+    master = Master(ex.ppo_models(), ex.ppo(ex.four_workers()), dataset, 4)
+    procs = master.launcher.procs
+    try:
+        with pytest.raises(WorkerFailure) as info:
+            master.step()
+    finally:
+        t0 = time.time()
+        master.close()
+    assert match in str(info.value), str(info.value)
+    return str(info.value), time.time() - t0, procs
+
+
+def test_a_raising_worker_is_named_with_its_mfc_and_traceback():
+    message, stop_s, procs = _fail_and_stop(ex.RaisingDataset(ex.prompts().prompts, rank=2), "worker 2")
+    assert "'actor_gen'" in message
+    assert "deliberate failure from the test dataset" in message and "Traceback" in message
+    assert stop_s < 60 and not any(p.is_alive() for p in procs)
+
+
+def test_a_killed_worker_is_named_and_everything_stops():
+    message, stop_s, procs = _fail_and_stop(ex.KillingDataset(ex.prompts().prompts, rank=1), "worker 1 died")
+    assert "'actor_gen'" in message
+    assert stop_s < 60 and not any(p.is_alive() for p in procs)
+
+
+INTERRUPTED_RUN = """
+import sys
+from python_tests.runtime import experiments as ex
+from real_ext.runtime import Master
+if __name__ == "__main__":
+    with Master(ex.ppo_models(), ex.ppo(ex.four_workers()), ex.prompts(), 4) as master:
+        print(*(p.pid for p in master.launcher.procs), flush=True)
+        while True:
+            master.step()
+"""
+
+
+def test_ctrl_c_stops_master_and_workers(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(INTERRUPTED_RUN)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # A session of its own, so that the SIGINT goes to its whole process group as a terminal's Ctrl-C does.
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO, start_new_session=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 4, proc.stderr.read()
+        time.sleep(2.0)  # into the steps
+        t0 = time.time()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        deadline = t0 + 60
+        while any(_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), "workers outlived the interrupted master"
+        assert "KeyboardInterrupt" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
