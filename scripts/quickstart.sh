@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job (README, first command): set up .venv and run the packed
-# attention benchmark on this machine. (It becomes the end-to-end RLHF
-# quickstart once the runtime lands.)
+# The main job (README, first command): set up .venv and run PPO end to end on
+# the built-in sort task with 4 local workers and a ReaL allocation
+# (examples/ppo_sort.py; about 3 minutes on 2 cores). Output in runs/ppo_sort.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-python bench/bench_attention.py "$@"
+python examples/ppo_sort.py --out runs/ppo_sort "$@"

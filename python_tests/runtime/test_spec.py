@@ -108,6 +108,12 @@ def test_transfer_plan_moves_only_what_is_missing_and_spreads_senders():
     assert sorted(sent[0] + sent[1]) == [0, 1, 2, 3] and len(sent[0]) == len(sent[1]) == 2
 
 
+def test_transfer_plan_sends_each_sample_only_the_keys_it_lacks():
+    # Worker 1 holds "a" and "b" of sample 0 and "a" of sample 1; worker 2 already has "b" of sample 1.
+    holders = {(0, "a"): {1}, (0, "b"): {1}, (1, "a"): {1}, (1, "b"): {2}}
+    assert plan_transfers({2: [0, 1]}, ["a", "b"], holders) == [(1, 2, [1], ["a"]), (1, 2, [0], ["a", "b"])]
+
+
 def test_transfer_plan_names_missing_data():
     with pytest.raises(KeyError, match="no worker holds key 'k' of sample 5"):
         plan_transfers({0: [5]}, ["k"], {})

@@ -16,17 +16,17 @@ from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, trai
 from real_ext.algo.ppo import GEN_OUTPUTS
 from real_ext.runtime.spec import AllocationError, MFCSpec
 
-GREEDY_OFFSET = 1 << 40  # sample ids of ReMax's greedy baseline responses
 GREEDY_OUTPUTS = tuple(f"greedy_{k}" for k in GEN_OUTPUTS)
 
 
 def pg_step(ctx) -> dict:
     a = ctx.mfc.args
     use_ref = a.get("beta", 0.0) > 0
-    batch = ctx.batch(token_keys=("behav_logp",) + (("ref_logp",) if use_ref else ()), seq_keys=("prompt_len",))
+    _, batch = ctx.batch(token_keys=("behav_logp",) + (("ref_logp",) if use_ref else ()), seq_keys=("prompt_len",))
     mask = action_mask(batch)
-    advantages = ctx.args["advantages"]
-    seq_adv = torch.tensor([advantages[int(s)] for s in batch.seq_data["sample_id"].tolist()],
+    advantages = ctx.args["advantages"]   # sample id -> one advantage per sequence
+    seq_adv = torch.tensor([advantages[s][k] for s, k in zip(batch.seq_data["sample_id"].tolist(),
+                                                             batch.seq_data["seq_index"].tolist())],
                            dtype=torch.float32, device=mask.device)
     lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long()
     batch.token_data.update(adv=torch.repeat_interleave(seq_adv, lengths) * mask, mask=mask)
@@ -83,7 +83,7 @@ class GRPO:
         if self.remax:
             greedy = dict(gen, greedy=True)
             mfcs += [MFCSpec("actor_greedy", "actor", "generate", ("prompt",), GREEDY_OUTPUTS, alloc["actor_gen"],
-                             {"generation": greedy, "sample_offset": GREEDY_OFFSET}),
+                             {"generation": greedy}),
                      MFCSpec("greedy_reward_fn", None, "reward_fn", GREEDY_OUTPUTS[:2], ("greedy_reward",),
                              alloc["reward_fn"], {"reward": c.reward})]
         inputs, waits_for = GEN_OUTPUTS, ("reward",)  # rewards reach the loss as advantages from the master
@@ -96,8 +96,8 @@ class GRPO:
         mfcs.append(MFCSpec("actor_train", "actor", "train_step", inputs, (), alloc["actor_train"],
                             {"loss": "pg", "eps_clip": c.eps_clip, "beta": c.beta, "n_minibatches": c.n_minibatches,
                              "temperature": gen.get("temperature", 1.0)}, meta_inputs=waits_for))
-        for m in mfcs:  # generation calls see prompts; the rest see every response
-            m.n_seqs = c.batch_size if m.interface == "generate" or m.name == "greedy_reward_fn" else c.batch_size * n
+        for m in mfcs:  # a sample is a prompt with its responses: every call sees batch_size samples
+            m.n_seqs = c.batch_size
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:
@@ -105,23 +105,16 @@ class GRPO:
         return [(step * b + i) % n for i in range(b)]
 
     def samples(self, mfc, prompts, state) -> list[int]:
-        if mfc.name == "greedy_reward_fn":
-            return [GREEDY_OFFSET + p for p in prompts]
-        n = 1 if self.remax else self.config.group_size
-        return [p * n + k for p in prompts for k in range(n)]
+        return list(prompts)   # sample id = prompt id; its responses are nested in it
 
-    def _advantages(self, state) -> dict[int, float]:
-        prompts = sorted({sid // (1 if self.remax else self.config.group_size)
-                          for sid, m in state.meta.items() if "reward" in m and sid < GREEDY_OFFSET})
+    def _advantages(self, state) -> dict[int, list[float]]:
         out = {}
-        for p in prompts:
+        for p, m in state.meta.items():
+            rewards = torch.tensor(m["reward"], dtype=torch.float64)
             if self.remax:
-                out[p] = state.meta[p]["reward"] - state.meta[GREEDY_OFFSET + p]["greedy_reward"]
-                continue
-            g = self.config.group_size
-            rewards = torch.tensor([state.meta[p * g + k]["reward"] for k in range(g)], dtype=torch.float64)
-            normed = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + self.config.std_eps)
-            out.update({p * g + k: float(normed[k]) for k in range(g)})
+                out[p] = (rewards - m["greedy_reward"][0]).tolist()
+            else:
+                out[p] = ((rewards - rewards.mean()) / (rewards.std(unbiased=False) + self.config.std_eps)).tolist()
         return out
 
     def args_for(self, mfc, state, split) -> dict:
@@ -129,12 +122,11 @@ class GRPO:
 
     def finish_step(self, state) -> dict:
         stats = dict(state.stats)
-        rewards = [m["reward"] for sid, m in state.meta.items() if "reward" in m]
-        stats["reward/mean"] = sum(rewards) / len(rewards) if rewards else 0.0
+        rewards = [r for m in state.meta.values() for r in m["reward"]]
+        stats["reward/mean"] = sum(rewards) / len(rewards)
         if self.remax:
-            greedy = [m["greedy_reward"] for m in state.meta.values() if "greedy_reward" in m]
-            stats["greedy_reward/mean"] = sum(greedy) / len(greedy) if greedy else 0.0
-        lengths = [m["length"] - m["prompt_len"] for sid, m in state.meta.items()
-                   if "length" in m and sid < GREEDY_OFFSET]
-        stats["response_len/mean"] = sum(lengths) / len(lengths) if lengths else 0.0
+            greedy = [m["greedy_reward"][0] for m in state.meta.values()]
+            stats["greedy_reward/mean"] = sum(greedy) / len(greedy)
+        lengths = [n - m["prompt_len"] for m in state.meta.values() for n in m["lengths"]]
+        stats["response_len/mean"] = sum(lengths) / len(lengths)
         return stats

@@ -74,7 +74,7 @@ def advantages_and_returns(ctx, batch, kl_coef: float, gamma: float, lam: float)
 
 def ppo_actor_step(ctx) -> dict:
     a = ctx.mfc.args
-    batch = ctx.batch(token_keys=("behav_logp", "ref_logp", "values"), seq_keys=("prompt_len", "reward", "stopped"))
+    _, batch = ctx.batch(token_keys=("behav_logp", "ref_logp", "values"), seq_keys=("prompt_len", "reward", "stopped"))
     adv, _, mask, kl = advantages_and_returns(ctx, batch, ctx.args["kl_coef"], a["gamma"], a["lam"])
     dp_group = ctx.trainer.ctx.dp_group
     if a.get("adv_norm", True):
@@ -101,7 +101,7 @@ def ppo_actor_step(ctx) -> dict:
 
 def ppo_critic_step(ctx) -> dict:
     a = ctx.mfc.args
-    batch = ctx.batch(token_keys=("behav_logp", "ref_logp", "values"), seq_keys=("prompt_len", "reward", "stopped"))
+    _, batch = ctx.batch(token_keys=("behav_logp", "ref_logp", "values"), seq_keys=("prompt_len", "reward", "stopped"))
     _, returns, mask, _ = advantages_and_returns(ctx, batch, ctx.args["kl_coef"], a["gamma"], a["lam"])
     batch.token_data.update(returns=returns, mask=mask, old_values=batch.token_data["values"])
     eps = a["value_eps_clip"]
@@ -167,11 +167,11 @@ class PPO:
         return {"kl_coef": self.kl_coef} if mfc.interface == "train_step" else {}
 
     def finish_step(self, state) -> dict:
-        rewards = [m["reward"] for m in state.meta.values() if "reward" in m]
-        lengths = [m["length"] - m["prompt_len"] for m in state.meta.values() if "length" in m]
+        rewards = [r for m in state.meta.values() for r in m["reward"]]
+        lengths = [n - m["prompt_len"] for m in state.meta.values() for n in m["lengths"]]
         stats = dict(state.stats)
-        stats["reward/mean"] = sum(rewards) / len(rewards) if rewards else 0.0
-        stats["response_len/mean"] = sum(lengths) / len(lengths) if lengths else 0.0
+        stats["reward/mean"] = sum(rewards) / len(rewards)
+        stats["response_len/mean"] = sum(lengths) / len(lengths)
         stats["kl_coef"] = self.kl_coef
         if self.config.adaptive_kl and "actor_train/kl" in stats:
             error = min(max(stats["actor_train/kl"] / self.config.kl_target - 1, -0.2), 0.2)

@@ -141,7 +141,7 @@ class Master:
         (each with at least one sequence per mini-batch); every worker of a dp
         rank gets that rank's samples."""
         layout = mfc.allocation.layout
-        lengths = [state.meta.get(s, {}).get("length", 1) for s in samples]
+        lengths = [sum(state.meta.get(s, {}).get("lengths", [1])) for s in samples]
         cuts = balanced_cuts(lengths, layout.dp, mfc.min_per_rank)
         per_dp = [samples[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
         return {rank: per_dp[layout.coord(rank).dp] for rank in layout.mesh}

@@ -11,13 +11,14 @@ import traceback
 
 import torch
 
+from real_ext.data.sample import SequenceSample
 from real_ext.model import ReaLModel
 from real_ext.model.train import Trainer
 from real_ext.parallel.context import ParallelContext
 from real_ext.realloc import Layout, execute, offload, plan, reload
 from real_ext.runtime import ops
 from real_ext.runtime.interfaces import RunContext, run_interface
-from real_ext.runtime.transfer import run_transfers
+from real_ext.runtime.transfer import run_transfers, store_add
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ class Worker:
     def __init__(self, rank: int, world_size: int, setup: Setup):
         self.rank, self.world_size, self.setup = rank, world_size, setup
         self.device = torch.device(setup.device)
-        self.store: dict[int, dict[str, torch.Tensor]] = {}
+        self.store: dict[int, SequenceSample] = {}          # sample id -> its data held here
         self.models: dict[tuple, ReaLModel] = {}         # (model name, layout key) -> shard held here
         self.trainers: dict[str, Trainer] = {}
         self.offloaded: dict[tuple, torch.Tensor] = {}
@@ -102,17 +103,18 @@ class Worker:
         ctx = RunContext(worker=self, mfc=mfc, model=model, trainer=trainer,
                          sample_ids=op.payload["samples"][self.rank], args=op.payload.get("args", {}))
         result = run_interface(ctx)
-        for sid, data in result.outputs.items():
-            self.store.setdefault(sid, {}).update(data)
+        if result.outputs is not None:
+            store_add(self.store, result.outputs)
         # One rank per data-parallel replica reports its share of summed statistics.
         coord = model.ctx.coord if model is not None else None
         head = coord is None or (coord.tp == 0 and coord.pp == (model.ctx.pp - 1 if mfc.interface == "inference"
                                                                     else 0))
-        return {"stats": result.stats, "meta": result.meta, "held": sorted(result.outputs),
+        held = [] if result.outputs is None else sorted(result.outputs.ids)
+        return {"stats": result.stats, "meta": result.meta, "held": held,
                 "summed": result.summed if head else {}}
 
     def _transfer(self, op):
-        return {"bytes": run_transfers(self.rank, op.payload["pairs"], self.store)}
+        return {"bytes": run_transfers(self.rank, op.payload["pairs"], self.store, self.device)}
 
     def _realloc(self, op):
         name, src, dst = op.payload["model"], op.payload["src"], op.payload["dst"]
