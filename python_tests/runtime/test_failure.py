@@ -2,6 +2,8 @@
 the traceback, and every process is gone within 60 s. Ctrl-C stops a run."""
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -85,3 +87,16 @@ def test_ctrl_c_stops_master_and_workers(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_worker_failing_at_start_is_reported(tmp_path):
+    """A checkpoint folder whose config is fine but whose weights are missing
+    passes the master's checks and fails in the workers that load it."""
+    (tmp_path / "config.json").write_text(json.dumps(ex.TASK.model_config("tiny")))
+    models = ex.ppo_models()
+    models["ref"].config, models["ref"].path = None, str(tmp_path)
+    t0 = time.time()
+    with pytest.raises(WorkerFailure, match=r"worker [23] failed while starting:(.|\n)*safetensors"):
+        Master(models, ex.ppo(ex.four_workers()), ex.prompts(), 4)
+    assert time.time() - t0 < 60
+    assert not multiprocessing.active_children()

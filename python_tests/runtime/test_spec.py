@@ -73,6 +73,12 @@ def test_unknown_reward_rule():
     _reject(algorithm=grpo, models={"actor": ex.ppo_models()["actor"]}, n_workers=1, match=r"no built-in task")
 
 
+def test_missing_checkpoint_names_the_model():
+    models = ex.ppo_models()
+    models["ref"].config, models["ref"].path = None, "/nonexistent/checkpoint"
+    _reject(ex.four_workers(), models=models, match=r"model 'ref': no config.json at '/nonexistent/checkpoint'")
+
+
 def test_offload_of_a_trained_model():
     _reject(ex.four_workers(), offload=("actor",), match=r"offload names model 'actor', which trains")
 

@@ -8,7 +8,10 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+import queue
 import socket
+import threading
+import time
 import traceback
 from multiprocessing.connection import Client, Listener, wait
 
@@ -67,6 +70,7 @@ class WorkerFailure(RuntimeError):
 class LocalLauncher:
     def __init__(self, n_workers: int, setup, *, threads_per_worker: int = 1, start_timeout: float = 300.0):
         self.n = n_workers
+        self.closed = False
         authkey = secrets.token_bytes(32)
         self.listener = Listener(("127.0.0.1", 0), authkey=authkey)
         ctx = mp.get_context("spawn")
@@ -78,18 +82,55 @@ class LocalLauncher:
         for p in self.procs:
             p.start()
         self.conns = [None] * n_workers
-        for _ in range(n_workers):
-            conn = self.listener.accept()
-            _, rank = conn.recv()
-            self.conns[rank] = conn
-        for rank, conn in enumerate(self.conns):
-            if not conn.poll(start_timeout):
-                self.close()
-                raise WorkerFailure(f"worker {rank} did not finish starting within {start_timeout:.0f} s")
-            msg = conn.recv()
-            if msg[0] == "failed":
-                self.close()
-                raise WorkerFailure(f"worker {rank} failed while starting:\n{msg[1]}")
+        try:
+            self._connect(time.monotonic() + start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _dead(self) -> str:
+        return ", ".join(f"worker {r} (exit code {p.exitcode})" for r, p in enumerate(self.procs) if not p.is_alive())
+
+    def _connect(self, deadline: float) -> None:
+        """Accept every worker's connection, then wait for each to report ready,
+        failing early when a worker dies or reports a failure while starting."""
+        accepted: queue.Queue = queue.Queue()
+
+        def accept():
+            for _ in range(self.n):
+                try:
+                    conn = self.listener.accept()
+                    accepted.put((conn.recv()[1], conn))
+                except OSError:  # the listener was closed: we gave up
+                    return
+        threading.Thread(target=accept, daemon=True).start()
+        waiting = set(range(self.n))
+        while waiting:
+            try:
+                rank, conn = accepted.get(timeout=0.5)
+                self.conns[rank] = conn
+                continue
+            except queue.Empty:
+                pass
+            if any(not self.procs[r].is_alive() for r in range(self.n) if self.conns[r] is None):
+                raise WorkerFailure(f"workers died before connecting: {self._dead()}")
+            if all(c is not None for c in self.conns):
+                break
+            if time.monotonic() > deadline:
+                raise WorkerFailure("workers did not connect in time")
+        starting = set(range(self.n))
+        while starting:
+            for conn in wait([self.conns[r] for r in starting], timeout=0.5):
+                rank = self.conns.index(conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    raise WorkerFailure(f"worker {rank} died while starting: {self._dead()}", rank=rank) from None
+                if msg[0] == "failed":
+                    raise WorkerFailure(f"worker {rank} failed while starting:\n{msg[1]}", rank=rank)
+                starting.discard(rank)
+            if time.monotonic() > deadline:
+                raise WorkerFailure(f"workers {sorted(starting)} did not finish starting in time")
 
     def send(self, rank: int, op: ops.Op) -> None:
         self.conns[rank].send(op)
@@ -115,15 +156,20 @@ class LocalLauncher:
         return rank, msg
 
     def close(self, grace: float = 10.0) -> None:
-        """Stop every worker: a shutdown request, then terminate, then kill."""
+        """Stop every worker: a shutdown request, then (after ``grace`` seconds
+        for all together) terminate, then kill. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
         for rank, conn in enumerate(self.conns):
             if conn is not None:
                 try:
                     conn.send(ops.Op(-1, ops.SHUTDOWN, "shutdown", (rank,)))
                 except OSError:
                     pass
+        deadline = time.monotonic() + grace
         for p in self.procs:
-            p.join(timeout=grace)
+            p.join(timeout=max(deadline - time.monotonic(), 0.0))
         for p in self.procs:
             if p.is_alive():
                 p.terminate()

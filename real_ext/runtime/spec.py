@@ -43,11 +43,14 @@ class ModelSpec:
     optimizer: Any = None               # real_ext.model.train.OptimConfig when the model trains
 
     def model_config(self) -> ModelConfig:
-        if self.path is not None:
-            return ModelConfig.from_pretrained(self.path)
-        if self.config is None:
-            raise AllocationError(f"model {self.name!r}: give a checkpoint path or a config")
-        return ModelConfig.from_hf_dict(self.config)
+        if (self.path is None) == (self.config is None):
+            raise AllocationError(f"model {self.name!r}: give either a checkpoint path or a config")
+        try:
+            if self.path is not None:
+                return ModelConfig.from_pretrained(self.path)
+            return ModelConfig.from_hf_dict(self.config)
+        except (OSError, ValueError, KeyError) as e:
+            raise AllocationError(f"model {self.name!r}: {e}") from None
 
 
 @dataclasses.dataclass
