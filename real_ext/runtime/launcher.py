@@ -24,10 +24,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _no_delay(conn) -> None:
+    """Send small messages at once: without TCP_NODELAY, a reply that follows
+    another within ~40 ms waits for the peer's delayed ACK (Nagle)."""
+    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as s:  # a dup of the fd
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _worker_main(rank: int, world_size: int, address, authkey: bytes, dist_port: int, setup, threads: int):
     # Ctrl-C is the master's to handle: it stops the workers (shutdown, then terminate).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Client(address, authkey=authkey)
+    _no_delay(conn)
     conn.send(("hello", rank))
     try:
         import torch
@@ -100,6 +108,7 @@ class LocalLauncher:
             for _ in range(self.n):
                 try:
                     conn = self.listener.accept()
+                    _no_delay(conn)
                     accepted.put((conn.recv()[1], conn))
                 except OSError:  # the listener was closed: we gave up
                     return
