@@ -31,6 +31,12 @@ def global_mean_std(x: torch.Tensor, mask: torch.Tensor, dp_group) -> tuple[floa
 
 
 def policy_logprobs(model, hidden, mb: PackedBatch, temperature: float) -> torch.Tensor:
+    """Log-probs of the taken tokens under softmax(logits / temperature).
+
+    NOTE: the losses take the sampler's log-probs ("behav_logp") as the old
+    policy. They agree with these when generation samples from the full
+    softmax; with top_k / top_p / min_new_tokens the sampler's distribution is
+    truncated, so the first update's ratio differs from 1 on those tokens."""
     targets, _ = next_token_targets(mb.input_ids, mb.cu_seqlens)
     return model.token_logprobs(hidden, targets, temperature)
 
