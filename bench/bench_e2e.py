@@ -95,6 +95,8 @@ def best_rounds(rounds: list[dict]) -> dict:
 # ---------------------------------------------------------------- GRPO vs TRL
 
 OURS_GRPO = ((1, 2), (2, 1))    # (workers, threads per worker)
+BF16_NOTE = (" (ours: bfloat16 weights and compute with float32 master weights; TRL: its default bf16 "
+             "autocast over float32 weights)")
 
 
 def grpo_ours(model_dir, task, prompts, args, n_workers, threads) -> dict:
@@ -103,7 +105,7 @@ def grpo_ours(model_dir, task, prompts, args, n_workers, threads) -> dict:
                stop_token_ids=(task.eos_id,))
     algo = GRPO(GRPOConfig(batch_size=args.prompts, group_size=args.group_size, generation=gen, reward="task:sort",
                            allocations={"actor_gen": allw, "reward_fn": allw, "actor_train": allw}))
-    models = {"actor": ModelSpec("actor", path=model_dir, optimizer=OptimConfig(lr=args.lr))}
+    models = {"actor": ModelSpec("actor", path=model_dir, optimizer=OptimConfig(lr=args.lr), dtype=args.dtype)}
     return run_master(models, algo, prompts, n_workers, threads, args.steps, args.warmup)
 
 
@@ -120,7 +122,7 @@ def grpo_trl(model_dir, task, prompts, args) -> dict:
         return trl_grpo_step_time(model_dir, text, reward, group_size=args.group_size,
                                   max_new_tokens=args.new_tokens, prompts_per_step=args.prompts, steps=args.steps,
                                   warmup=args.warmup, lr=args.lr, seed=0,
-                                  fixed_length=not args.stop_at_eos)
+                                  fixed_length=not args.stop_at_eos, bf16=args.dtype == "bfloat16")
 
 
 def grpo_rows(size, model_dir, prompts, args, mm_rate, trl, ours) -> tuple[list, str]:
@@ -176,10 +178,10 @@ def grpo_part(args, task, workdir, mm_rate) -> str:
     return (markdown_table(header, rows) + "\n\n"
             + f"GRPO step: {args.prompts} prompts x group {args.group_size} = {args.prompts * args.group_size} "
               f"completions of {lengths}, one AdamW update "
-              f"(lr {args.lr}), beta 0, float32; per case the best of {args.rounds} rounds, each the median of "
+              f"(lr {args.lr}), beta 0, {args.dtype}{BF16_NOTE if args.dtype == 'bfloat16' else ''}; per case the best of {args.rounds} rounds, each the median of "
               f"{args.steps} steps after {args.warmup}. 'generate s' / 'train s': the longest worker span of "
               f"actor_gen / actor_train; 'other s': the rest of the step (reward function, data transfers, master "
-              f"and messages). FLOP floor at {mm_rate / 1e9:.0f} GFLOP/s (torch.mm, this run).\n\n"
+              f"and messages). FLOP floor at {mm_rate / 1e9:.0f} GFLOP/s (torch.mm in {args.dtype}, this run).\n\n"
             + "\n".join(notes) + "\n")
 
 
@@ -263,6 +265,8 @@ def main():
     p.add_argument("--stop-at-eos", action="store_true",
                    help="GRPO responses stop at EOS (up to --new-tokens) instead of having exactly --new-tokens")
     p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="GRPO part: bfloat16 runs ours in bf16 and TRL with bf16 autocast")
     p.add_argument("--steps", type=int, default=5, help="measured GRPO steps per round (median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
@@ -276,7 +280,9 @@ def main():
     blocks = []
     with tempfile.TemporaryDirectory() as workdir:
         if args.part in ("grpo", "all"):
-            blocks.append(grpo_part(args, task, workdir, mm_start))
+            dtype = getattr(torch, args.dtype)
+            blocks.append(grpo_part(args, task, workdir, mm_start if dtype == torch.float32
+                                    else matmul_ceiling("cpu", dtype)))
         if args.part in ("ppo", "all"):
             blocks.append(ppo_part(args, task, workdir))
     mm_end = matmul_ceiling("cpu", torch.float32)

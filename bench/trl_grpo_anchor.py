@@ -47,7 +47,7 @@ class _StepTimer(TrainerCallback):
 
 def trl_grpo_step_time(model_dir: str, prompts: list[str], reward_fn, *, group_size: int, max_new_tokens: int,
                        prompts_per_step: int, steps: int = 3, warmup: int = 1, lr: float = 1e-6, seed: int = 0,
-                       fixed_length: bool = False) -> dict:
+                       fixed_length: bool = False, bf16: bool = False) -> dict:
     """Median seconds per GRPO optimizer step of TRL on CPU. `reward_fn(prompt, completion) -> float`.
 
     `fixed_length=True` forbids EOS before `max_new_tokens` (generate's `min_new_tokens`), so every
@@ -68,7 +68,7 @@ def trl_grpo_step_time(model_dir: str, prompts: list[str], reward_fn, *, group_s
         config = GRPOConfig(
             output_dir=out_dir,
             use_cpu=True,
-            bf16=False,  # TRL defaults to bf16 autocast; fp32 matches our CPU path
+            bf16=bf16,  # TRL's default is bf16 autocast (fp32 weights); False runs fully in float32
             # TRL's gradient_checkpointing defaults to True (a recompute forward per step); transformers 5.24
             # renamed it activation_checkpointing, which wins over the old name
             activation_checkpointing=False,
