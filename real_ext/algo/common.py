@@ -20,6 +20,11 @@ def action_mask(batch: PackedBatch) -> torch.Tensor:
     return mask
 
 
+def prompts_for_step(step: int, batch_size: int, dataset) -> list[int]:
+    """The step's prompt ids: consecutive slices of the dataset, wrapping around."""
+    return [(step * batch_size + i) % len(dataset) for i in range(batch_size)]
+
+
 def global_mean_std(x: torch.Tensor, mask: torch.Tensor, dp_group) -> tuple[float, float]:
     """Mean and std of x over the masked entries of every data-parallel rank."""
     sums = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()

@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, train_minibatches
+from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, prompts_for_step, train_minibatches
 from real_ext.algo.ppo import GEN_OUTPUTS
 from real_ext.runtime.spec import AllocationError, MFCSpec
 
@@ -101,11 +101,7 @@ class GRPO:
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:
-        n, b = len(dataset), self.config.batch_size
-        return [(step * b + i) % n for i in range(b)]
-
-    def samples(self, mfc, prompts, state) -> list[int]:
-        return list(prompts)   # sample id = prompt id; its responses are nested in it
+        return prompts_for_step(step, self.config.batch_size, dataset)
 
     def _advantages(self, state) -> dict[int, list[float]]:
         out = {}

@@ -16,7 +16,8 @@ import dataclasses
 import torch
 
 from real_ext import ops
-from real_ext.algo.common import action_mask, global_mean_std, masked_mean, policy_logprobs, train_minibatches
+from real_ext.algo.common import (action_mask, global_mean_std, masked_mean, policy_logprobs, prompts_for_step,
+                                  train_minibatches)
 from real_ext.runtime.spec import Allocation, AllocationError, MFCSpec
 
 GEN_OUTPUTS = ("input_ids", "prompt_len", "behav_logp", "stopped")
@@ -157,11 +158,7 @@ class PPO:
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:
-        n, b = len(dataset), self.config.batch_size
-        return [(step * b + i) % n for i in range(b)]
-
-    def samples(self, mfc, prompts, state) -> list[int]:
-        return list(prompts)  # one response per prompt: sample id = prompt id
+        return prompts_for_step(step, self.config.batch_size, dataset)
 
     def args_for(self, mfc, state, split) -> dict:
         return {"kl_coef": self.kl_coef} if mfc.interface == "train_step" else {}

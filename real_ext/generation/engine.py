@@ -132,8 +132,9 @@ def prefill(model, cache: PagedKVCache, prompts, seq_ids: list[int]) -> torch.Te
     return torch.cat(last)
 
 
-def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tensor:
-    """One token per running sample through the model; logits (B, vocab)."""
+def decode_inputs(model, cache: PagedKVCache, running: list[Sample]):
+    """(last token of each sample, packed info) for one decode step; takes a
+    cache slot per sample."""
     device = model.flat.device
     seqs = [s.index for s in running]
     slots = [cache.allocate(seq, 1)[0] for seq in seqs]
@@ -142,8 +143,12 @@ def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tens
     tokens = torch.tensor([s.tokens[-1] for s in running], dtype=torch.int64, device=device)
     positions = torch.tensor([s.prompt_len + len(s.tokens) - 1 for s in running], device=device)
     cu = torch.arange(len(running) + 1, dtype=torch.int32, device=device)
-    hidden = model.forward_stage(tokens, model.packed_info(cu, positions=positions, cache=step))
-    return model.head_output(hidden)
+    return tokens, model.packed_info(cu, positions=positions, cache=step)
+
+
+def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tensor:
+    """One token per running sample through the model; logits (B, vocab)."""
+    return model.head_output(model.forward_stage(*decode_inputs(model, cache, running)))
 
 
 @torch.no_grad()

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from real_ext.generation.config import GenerationConfig, GenerationOutput
-from real_ext.generation.engine import (CacheStep, Sample, draw, make_samples, new_cache, output, record,
-                                        resolve_seed)
+from real_ext.generation.engine import (CacheStep, Sample, decode_inputs, draw, make_samples, new_cache, output,
+                                        record, resolve_seed)
 
 
 class _Stage:
@@ -85,16 +85,8 @@ def _prefill(stage: _Stage, cache, prompts, seq_ids) -> torch.Tensor | None:
 
 
 def _decode(stage: _Stage, cache, mb: list[Sample]) -> torch.Tensor | None:
-    model, device = stage.model, stage.model.flat.device
-    seqs = [s.index for s in mb]
-    slots = [cache.allocate(seq, 1)[0] for seq in seqs]
-    step = CacheStep(cache, torch.tensor(slots, dtype=torch.int64, device=device), decode=True,
-                     block_tables=cache.block_table(seqs), seq_lens=cache.seq_lens(seqs))
-    tokens = torch.tensor([s.tokens[-1] for s in mb], dtype=torch.int64, device=device)
-    positions = torch.tensor([s.prompt_len + len(s.tokens) - 1 for s in mb], device=device)
-    cu = torch.arange(len(mb) + 1, dtype=torch.int32, device=device)
-    h = _through_stage(stage, tokens, model.packed_info(cu, positions=positions, cache=step), len(mb))
-    return None if h is None else model.head_output(h)
+    h = _through_stage(stage, *decode_inputs(stage.model, cache, mb), len(mb))
+    return None if h is None else stage.model.head_output(h)
 
 
 def generate_pipelined(model, prompts, config: GenerationConfig, prompt_ids) -> GenerationOutput:

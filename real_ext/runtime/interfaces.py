@@ -65,10 +65,8 @@ def _generate(ctx: RunContext) -> RunResult:
         gen = dataclasses.replace(gen, seed=(gen.seed * 1_000_003 + ctx.args["step"]) % (1 << 62))
     ids_key, plen_key, logp_key, stop_key = ctx.mfc.outputs
     prompts = [ctx.dataset.prompt(p) for p in ctx.sample_ids]
-    # Random streams are keyed by the global prompt id (and the MFC's offset, so
-    # that two generation MFCs of one step draw differently).
-    offset = ctx.mfc.args.get("stream_offset", 0)
-    out = generate(ctx.model, prompts, gen, prompt_ids=[offset + p for p in ctx.sample_ids])
+    # Random streams are keyed by the global prompt id: any dp split draws the same tokens.
+    out = generate(ctx.model, prompts, gen, prompt_ids=ctx.sample_ids)
     n = gen.n_samples
     parts, meta = [], {}
     for j, (sid, prompt) in enumerate(zip(ctx.sample_ids, prompts)):

@@ -219,8 +219,7 @@ class Master:
                      if m.name not in issued and all(p in done for p in self.dfg.parents(m))]
             splits = {}
             for mfc in ready:
-                samples = prompts if mfc.interface == "generate" else self.algorithm.samples(mfc, prompts, state)
-                splits[mfc.name] = self._split(mfc, samples, state)
+                splits[mfc.name] = self._split(mfc, prompts, state)  # a sample is a prompt with its responses
                 self._issue_transfer(mfc, splits[mfc.name], state)
             for mfc in ready:
                 issued.add(mfc.name)

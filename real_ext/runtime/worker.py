@@ -43,6 +43,8 @@ class Worker:
         self.models: dict[tuple, ReaLModel] = {}         # (model name, layout key) -> shard held here
         self.trainers: dict[str, Trainer] = {}
         self.offloaded: dict[tuple, torch.Tensor] = {}
+        # Read once: configs are needed again for every reallocation.
+        self.configs = {name: spec.model_config() for name, spec in setup.models.items()}
         self.contexts = self._create_contexts()
         self.plans: dict[tuple, object] = {}
         self.spans: list = []
@@ -51,7 +53,7 @@ class Worker:
     # ------------------------------------------------------------ setup
 
     def _kv_replication(self, model: str, tp: int) -> int:
-        heads = self.setup.models[model].model_config().num_kv_heads
+        heads = self.configs[model].num_kv_heads
         return tp // heads if tp > heads else 1
 
     def _create_contexts(self) -> dict[tuple, ParallelContext]:
@@ -78,7 +80,7 @@ class Worker:
                 model = ReaLModel.from_pretrained(spec.path, head=spec.head, layout=ctx, dtype=dtype,
                                                   device=self.device)
             else:
-                model = ReaLModel.from_config(spec.model_config(), head=spec.head, layout=ctx, dtype=dtype,
+                model = ReaLModel.from_config(self.configs[name], head=spec.head, layout=ctx, dtype=dtype,
                                               device=self.device, seed=spec.seed)
             self.models[(name, layout_key(allocation))] = model
             if spec.optimizer is not None:
@@ -120,7 +122,7 @@ class Worker:
         name, src, dst = op.payload["model"], op.payload["src"], op.payload["dst"]
         spec = self.setup.models[name]
         dtype = getattr(torch, spec.dtype)
-        config = spec.model_config()
+        config = self.configs[name]
         key = (name, layout_key(src), layout_key(dst))
         if key not in self.plans:
             layouts = [Layout.from_config(config, list(a.mesh), a.dp, a.tp, a.pp, head=spec.head, dtype=dtype)

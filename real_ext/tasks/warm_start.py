@@ -5,29 +5,17 @@ the built-in tasks start from it, as RLHF starts from an SFT model; stopping
 early leaves room for the reward to rise."""
 from __future__ import annotations
 
-import torch
-
+from real_ext.algo.common import action_mask as answer_mask  # positions predicting answer tokens
+from real_ext.algo.common import masked_mean, policy_logprobs
 from real_ext.data.packed import PackedBatch
 from real_ext.model import ReaLModel
 from real_ext.model.config import ModelConfig
-from real_ext.model.logprob import next_token_targets
 from real_ext.model.train import OptimConfig, Trainer
 
 
-def answer_mask(batch: PackedBatch) -> torch.Tensor:
-    """1.0 at positions whose next token belongs to the answer."""
-    mask = torch.zeros(batch.n_tokens)
-    cu = batch.cu_seqlens.tolist()
-    for i, plen in enumerate(batch.seq_data["prompt_len"].tolist()):
-        mask[cu[i] + plen - 1:cu[i + 1] - 1] = 1.0
-    return mask
-
-
 def sft_loss(model, hidden, mb):
-    targets, _ = next_token_targets(mb.input_ids, mb.cu_seqlens)
     mask = mb.token_data["mask"]
-    nll = -model.token_logprobs(hidden, targets) * mask
-    return nll.sum() / mask.sum().clamp_min(1.0), {}
+    return masked_mean(-policy_logprobs(model, hidden, mb, 1.0), mask), {}
 
 
 def warm_start(task, path: str, *, size: str = "tiny", steps: int = 100, batch_size: int = 32, lr: float = 3e-3,
