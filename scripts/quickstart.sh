@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job (README, first command): set up .venv and run PPO end to end on
-# the built-in sort task with 4 local workers and a ReaL allocation
-# (examples/ppo_sort.py; about 3 minutes on 2 cores). Output in runs/ppo_sort.
+# The main job (README, first command): set up .venv, then `real-ext quickstart`:
+# SFT -> reward model -> PPO on the built-in sort task with 4 local workers and
+# a ReaL allocation (real_ext/experiments/configs/quickstart.yaml; about 4
+# minutes on 2 cores). Output in runs/quickstart/{sft,rw,ppo}. Extra arguments
+# go to the command (e.g. --out DIR, --resume, stages.ppo.steps=200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
-python examples/ppo_sort.py --out runs/ppo_sort "$@"
+real-ext quickstart "$@"

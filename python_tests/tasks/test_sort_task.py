@@ -176,6 +176,8 @@ def test_wrong_answer_differs_and_scores_lower(task):
             assert wrong[-1] == task.eos_id and task.eos_id not in wrong[:-1]
             assert set(wrong[:-1]) <= set(task.digit_ids)
             assert task.reward(p, wrong) < 1.0
+            worse = task.wrong_answer(p, random.Random(seed), answer=wrong)   # a mistake on a mistake
+            assert worse != wrong and worse[-1] == task.eos_id and set(worse[:-1]) <= set(task.digit_ids)
 
 
 def test_preference_pairs(task):
@@ -183,9 +185,12 @@ def test_preference_pairs(task):
     assert [p for p, _, _ in pairs] == task.prompts(200, seed=16)
     assert pairs == task.preference_pairs(200, seed=16)
     assert pairs != task.preference_pairs(200, seed=17)
+    n_reference = 0
     for p, chosen, rejected in pairs:
-        assert _words(task, chosen) == sorted(_digit_words(task, p)) + ["<eos>"]
-        assert task.reward(p, rejected) < task.reward(p, chosen) == 1.0
+        n_reference += _words(task, chosen) == sorted(_digit_words(task, p)) + ["<eos>"]
+        assert task.reward(p, rejected) < task.reward(p, chosen)
+    # Graded pairs: about half prefer the reference, the rest a lesser mistake.
+    assert 0.3 * len(pairs) < n_reference < 0.8 * len(pairs)
 
 
 # ------------------------------------------------------------ Hugging Face artefacts

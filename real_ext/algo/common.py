@@ -3,6 +3,8 @@ global (data-parallel) statistics, and running several optimizer updates over
 mini-batches of one rank's share."""
 from __future__ import annotations
 
+import random
+
 import torch
 
 from real_ext.data.packed import PackedBatch
@@ -20,9 +22,23 @@ def action_mask(batch: PackedBatch) -> torch.Tensor:
     return mask
 
 
-def prompts_for_step(step: int, batch_size: int, dataset) -> list[int]:
-    """The step's prompt ids: consecutive slices of the dataset, wrapping around."""
-    return [(step * batch_size + i) % len(dataset) for i in range(batch_size)]
+def prompts_for_step(step: int, batch_size: int, dataset, shuffle_seed: int | None = None) -> list[int]:
+    """The step's sample ids: consecutive slices of the dataset, wrapping
+    around; with ``shuffle_seed``, of a fresh permutation every epoch (the same
+    for the same seed, so the position in the data is the step)."""
+    n = len(dataset)
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    if shuffle_seed is None:
+        return [p % n for p in positions]
+    perms: dict[int, list[int]] = {}
+    out = []
+    for p in positions:
+        epoch = p // n
+        if epoch not in perms:
+            perms[epoch] = list(range(n))
+            random.Random(f"data/{shuffle_seed}/{epoch}").shuffle(perms[epoch])
+        out.append(perms[epoch][p % n])
+    return out
 
 
 def global_mean_std(x: torch.Tensor, mask: torch.Tensor, dp_group) -> tuple[float, float]:
@@ -50,19 +66,27 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def train_minibatches(ctx, batch: PackedBatch, loss_fn, n_minibatches: int) -> dict:
+def train_minibatches(ctx, batch: PackedBatch, loss_fn, n_minibatches: int, *, weight=None,
+                      group_key: str | None = None) -> dict:
     """One optimizer update per mini-batch (whole sequences, token-balanced), each
-    weighted by its action tokens; returns the last update's statistics plus the
-    mean loss over updates."""
+    weighted by ``weight(mb)`` (default: its masked tokens); returns the last
+    update's statistics plus the mean loss over updates. With ``group_key`` (a
+    per-sequence key such as "sample_id") sequences sharing it stay in one
+    mini- and micro-batch (e.g. a chosen/rejected pair). Under args "eval",
+    the loss on the whole share without an update."""
+    weight = weight or (lambda m: float(m.token_data["mask"].sum()))
+    if ctx.args.get("eval"):   # evaluation: the loss on the whole share, no update
+        return ctx.trainer.evaluate(batch, loss_fn, n_microbatches=ctx.mfc.allocation.n_microbatches,
+                                    loss_weight=weight, group_key=group_key)
     # Every data-parallel rank must run the same number of updates (they are collectives).
-    if batch.n_seqs < n_minibatches:
+    if batch.n_groups(group_key) < n_minibatches:
         raise ValueError(f"MFC {ctx.mfc.name!r}: {batch.n_seqs} sequences on this data-parallel rank cannot "
                          f"make {n_minibatches} mini-batches; raise the batch size or lower n_minibatches")
     n = n_minibatches
     stats, losses = {}, []
-    for mb in batch.split(n):
+    for mb in batch.split(n, group_key):
         stats = ctx.trainer.train_step(mb, loss_fn, n_microbatches=ctx.mfc.allocation.n_microbatches,
-                                       loss_weight=lambda m: float(m.token_data["mask"].sum()))
+                                       loss_weight=weight, group_key=group_key)
         losses.append(stats["loss"])
     stats["loss"] = sum(losses) / len(losses)
     return stats

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, prompts_for_step, train_minibatches
-from real_ext.algo.ppo import GEN_OUTPUTS
+from real_ext.algo.ppo import GEN_OUTPUTS, reward_stats
 from real_ext.runtime.spec import AllocationError, MFCSpec
 
 GREEDY_OUTPUTS = tuple(f"greedy_{k}" for k in GEN_OUTPUTS)
@@ -60,11 +60,13 @@ class GRPOConfig:
     eps_clip: float = 0.2
     n_minibatches: int = 1
     std_eps: float = 1e-4
+    shuffle_seed: int | None = None          # None: prompts in file order; else a seeded order per epoch
 
 
 class GRPO:
     def __init__(self, config: GRPOConfig, *, remax: bool = False):
         self.config, self.remax = config, remax
+        self.eval_mfcs = ("actor_gen", "reward_fn")   # sample and score; nothing trains
 
     def mfcs(self) -> list[MFCSpec]:
         c = self.config
@@ -101,7 +103,7 @@ class GRPO:
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:
-        return prompts_for_step(step, self.config.batch_size, dataset)
+        return prompts_for_step(step, self.config.batch_size, dataset, self.config.shuffle_seed)
 
     def _advantages(self, state) -> dict[int, list[float]]:
         out = {}
@@ -116,13 +118,12 @@ class GRPO:
     def args_for(self, mfc, state, split) -> dict:
         return {"advantages": self._advantages(state)} if mfc.interface == "train_step" else {}
 
+    def eval_stats(self, state) -> dict:
+        return reward_stats(state)
+
     def finish_step(self, state) -> dict:
-        stats = dict(state.stats)
-        rewards = [r for m in state.meta.values() for r in m["reward"]]
-        stats["reward/mean"] = sum(rewards) / len(rewards)
+        stats = dict(state.stats, **reward_stats(state))
         if self.remax:
-            greedy = [m["greedy_reward"][0] for m in state.meta.values()]
+            greedy = [m["greedy_reward"][0] for _, m in sorted(state.meta.items())]
             stats["greedy_reward/mean"] = sum(greedy) / len(greedy)
-        lengths = [n - m["prompt_len"] for m in state.meta.values() for n in m["lengths"]]
-        stats["response_len/mean"] = sum(lengths) / len(lengths)
         return stats

@@ -43,6 +43,14 @@ class PPOConfig:
     # episode ends there, as in TRL and OpenRLHF); True bootstraps from the
     # critic's value after the last token, as for a time limit in control.
     bootstrap_truncated: bool = False
+    # Subtracted from the reward of a response cut at max_new_tokens (as TRL's
+    # missing_eos_penalty): a reward model scores such unfinished text off its
+    # training distribution, and the policy learns to exploit that.
+    missing_eos_penalty: float = 0.0
+    shuffle_seed: int | None = None              # None: prompts in file order; else a seeded order per epoch
+    # A rule (runtime/rewards.py) scored on every response for watching only
+    # ("monitor_reward/mean"), e.g. the task's true reward while training on a reward model.
+    monitor_reward: str | None = None
 
 
 def advantages_and_returns(ctx, batch, kl_coef: float, gamma: float, lam: float):
@@ -56,7 +64,9 @@ def advantages_and_returns(ctx, batch, kl_coef: float, gamma: float, lam: float)
     rewards = -kl_coef * kl
     n_actions = [cu[i + 1] - 1 - (cu[i] + p - 1) for i, p in enumerate(plens)]
     last = torch.tensor([cu[i + 1] - 2 for i in range(len(plens))], device=rewards.device)
-    rewards[last] += batch.seq_data["reward"].to(rewards.dtype)
+    unfinished = 1.0 - batch.seq_data["stopped"].to(rewards.dtype)
+    penalty = float(ctx.mfc.args.get("missing_eos_penalty", 0.0))
+    rewards[last] += batch.seq_data["reward"].to(rewards.dtype) - penalty * unfinished
     values = batch.token_data["values"]
     # Values of the states before each action, then the value after the last token.
     value_rows = []
@@ -118,11 +128,26 @@ def ppo_critic_step(ctx) -> dict:
     return train_minibatches(ctx, batch, loss_fn, a.get("n_minibatches", 1))
 
 
+def reward_stats(state) -> dict:
+    """Mean reward and response length over a step's sequences."""
+    metas = [m for _, m in sorted(state.meta.items())]   # one summation order, whatever order replies came in
+    lengths = [n - m["prompt_len"] for m in metas for n in m["lengths"]]
+    stats = {"response_len/mean": sum(lengths) / len(lengths)}
+    for key in ("reward", "monitor_reward"):
+        values = [r for m in metas for r in m.get(key, ())]
+        if values:
+            stats[f"{key}/mean"] = sum(values) / len(values)
+    return stats
+
+
 class PPO:
     """The master's side: the MFCs, per-step arguments, the KL controller."""
 
     def __init__(self, config: PPOConfig):
         self.config, self.kl_coef = config, config.kl_coef
+        # Evaluation samples responses and scores them; nothing trains.
+        self.eval_mfcs = ("actor_gen", "reward_inf" if config.reward == "model" else "reward_fn") + (
+            ("monitor_fn",) if config.monitor_reward else ())
 
     def _alloc(self, name) -> Allocation:
         if name not in self.config.allocations:
@@ -134,7 +159,8 @@ class PPO:
         gen = dict(c.generation, n_samples=1)
         train_inputs = GEN_OUTPUTS + ("ref_logp", "reward", "values")
         hyper = dict(gamma=c.gamma, lam=c.lam, eps_clip=c.eps_clip, value_eps_clip=c.value_eps_clip,
-                     n_minibatches=c.n_minibatches, adv_norm=c.adv_norm, bootstrap_truncated=c.bootstrap_truncated, temperature=gen.get("temperature", 1.0))
+                     n_minibatches=c.n_minibatches, adv_norm=c.adv_norm, bootstrap_truncated=c.bootstrap_truncated,
+                     missing_eos_penalty=c.missing_eos_penalty, temperature=gen.get("temperature", 1.0))
         mfcs = [MFCSpec("actor_gen", "actor", "generate", ("prompt",), GEN_OUTPUTS, self._alloc("actor_gen"),
                         {"generation": gen})]
         if c.reward == "model":
@@ -143,6 +169,10 @@ class PPO:
         else:
             mfcs.append(MFCSpec("reward_fn", None, "reward_fn", ("input_ids", "prompt_len"), ("reward",),
                                 self._alloc("reward_fn"), {"reward": c.reward}))
+        if c.monitor_reward is not None:   # where the responses are: no data moves
+            mfcs.append(MFCSpec("monitor_fn", None, "reward_fn", ("input_ids", "prompt_len"), ("monitor_reward",),
+                                c.allocations.get("monitor_fn", self._alloc("actor_gen")),
+                                {"reward": c.monitor_reward}))
         mfcs += [
             MFCSpec("ref_inf", "ref", "inference", ("input_ids",), ("ref_logp",), self._alloc("ref_inf"),
                     {"kind": "logprobs", "temperature": hyper["temperature"]}),
@@ -158,17 +188,22 @@ class PPO:
         return mfcs
 
     def prompts_for_step(self, step: int, dataset) -> list[int]:
-        return prompts_for_step(step, self.config.batch_size, dataset)
+        return prompts_for_step(step, self.config.batch_size, dataset, self.config.shuffle_seed)
 
     def args_for(self, mfc, state, split) -> dict:
         return {"kl_coef": self.kl_coef} if mfc.interface == "train_step" else {}
 
+    def eval_stats(self, state) -> dict:
+        return reward_stats(state)
+
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_coef = state["kl_coef"]
+
     def finish_step(self, state) -> dict:
-        rewards = [r for m in state.meta.values() for r in m["reward"]]
-        lengths = [n - m["prompt_len"] for m in state.meta.values() for n in m["lengths"]]
-        stats = dict(state.stats)
-        stats["reward/mean"] = sum(rewards) / len(rewards)
-        stats["response_len/mean"] = sum(lengths) / len(lengths)
+        stats = dict(state.stats, **reward_stats(state))
         stats["kl_coef"] = self.kl_coef
         if self.config.adaptive_kl and "actor_train/kl" in stats:
             error = min(max(stats["actor_train/kl"] / self.config.kl_target - 1, -0.2), 0.2)

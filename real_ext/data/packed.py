@@ -82,9 +82,24 @@ class PackedBatch:
                            {k: v[t0:t1] for k, v in self.token_data.items()},
                            {k: v[start:stop] for k, v in self.seq_data.items()})
 
-    def split(self, n: int) -> list["PackedBatch"]:
-        """n contiguous groups of whole sequences, balanced by tokens."""
-        cuts = balanced_cuts(self.lengths, n)
+    def _group_starts(self, group_key: str | None) -> list[int]:
+        """Index of the first sequence of each run of equal ``seq_data[group_key]``."""
+        if group_key is None:
+            return list(range(self.n_seqs))
+        g = self.seq_data[group_key].tolist()
+        return [i for i in range(len(g)) if i == 0 or g[i] != g[i - 1]]
+
+    def n_groups(self, group_key: str | None = None) -> int:
+        return len(self._group_starts(group_key))
+
+    def split(self, n: int, group_key: str | None = None) -> list["PackedBatch"]:
+        """n contiguous parts of whole sequences, balanced by tokens; with
+        ``group_key``, sequences with equal consecutive values of that
+        per-sequence key (e.g. a chosen/rejected pair) stay in one part."""
+        starts = self._group_starts(group_key) + [self.n_seqs]
+        lengths = self.lengths
+        group_tokens = [sum(lengths[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+        cuts = [starts[c] for c in balanced_cuts(group_tokens, n)]
         return [self.select(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
 
     def to(self, device) -> "PackedBatch":

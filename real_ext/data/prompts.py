@@ -7,6 +7,8 @@ from typing import Sequence
 
 
 class PromptDataset:
+    keys = ()   # no sample data: generation MFCs read prompt(i)
+
     def __init__(self, prompts: Sequence[Sequence[int]]):
         if not prompts:
             raise ValueError("the prompt dataset is empty; give at least one prompt")
@@ -25,3 +27,7 @@ class PromptDataset:
 
     def prompt(self, i: int) -> list[int]:
         return self.prompts[i]
+
+    def lengths(self, i: int) -> list[int]:
+        """Token counts of sample i's sequences (for token-balanced splits)."""
+        return [len(self.prompts[i])]

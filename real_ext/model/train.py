@@ -134,7 +134,8 @@ class Trainer:
     # ------------------------------------------------------------ the step
 
     def train_step(self, batch: PackedBatch, loss_fn: Callable, *, n_microbatches: int = 1,
-                   loss_weight: Callable[[PackedBatch], float] = tokens) -> dict[str, float]:
+                   loss_weight: Callable[[PackedBatch], float] = tokens,
+                   group_key: str | None = None) -> dict[str, float]:
         """One optimizer update from this data-parallel rank's share of the batch.
 
         ``loss_fn(model, hidden, mb) -> (loss, stats)`` gets the final hidden
@@ -143,7 +144,7 @@ class Trainer:
         micro-batch's mean loss and a dict of float statistics.
         """
         model, ctx = self.model, self.ctx
-        mbs = batch.split(min(n_microbatches, batch.n_seqs))
+        mbs = batch.split(min(n_microbatches, batch.n_groups(group_key)), group_key)
         weights = [float(loss_weight(mb)) for mb in mbs]
         # Collectives run on the model's device (NCCL needs CUDA tensors).
         total = torch.tensor(sum(weights), dtype=torch.float64, device=model.flat.device)
@@ -177,6 +178,47 @@ class Trainer:
         stats = self._gather_stats(records)
         stats.update(grad_norm=grad_norm, lr=lr)
         return stats
+
+    def state_dict(self) -> dict:
+        """This rank's optimizer state (its shard under ZeRO-1), for checkpoints."""
+        return {"step_count": self.step_count, "lo": self.lo, "hi": self.hi, "numel": self.model.flat.numel(),
+                "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone(),
+                "master": None if self.master is None else self.master.cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` saved under the same layout; anything else
+        is a ValueError naming what differs."""
+        mine = (self.lo, self.hi, self.model.flat.numel(), self.master is None)
+        saved = (state["lo"], state["hi"], state["numel"], state["master"] is None)
+        if mine != saved:
+            raise ValueError(f"optimizer state of shape (lo, hi, numel, fp32 params)={saved} does not fit this "
+                             f"rank's {mine}; resume with the allocation and dtype the checkpoint was saved with")
+        self.step_count = int(state["step_count"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        if self.master is not None:
+            self.master.copy_(state["master"])
+
+    @torch.no_grad()
+    def evaluate(self, batch: PackedBatch, loss_fn: Callable, *, n_microbatches: int = 1,
+                 loss_weight: Callable[[PackedBatch], float] = tokens,
+                 group_key: str | None = None) -> dict[str, float]:
+        """``train_step``'s loss and statistics on this batch, with no update:
+        the same weighting over micro-batches and data-parallel ranks."""
+        model, ctx = self.model, self.ctx
+        mbs = batch.split(min(n_microbatches, batch.n_groups(group_key)), group_key)
+        weights = [float(loss_weight(mb)) for mb in mbs]
+        total = torch.tensor(sum(weights), dtype=torch.float64, device=model.flat.device)
+        all_reduce_(total, ctx.dp_group)
+        if float(total) <= 0:
+            raise ValueError("the loss weights of the global batch sum to 0; nothing to evaluate")
+        records = []
+        for mb, w in zip(mbs, weights):
+            hidden = model.hidden_states(mb.input_ids, mb.cu_seqlens)
+            if hidden is not None:  # the last pipeline stage
+                loss, stats = loss_fn(model, hidden, mb)
+                records.append((w / float(total), dict(stats, loss=float(loss))))
+        return self._gather_stats(records)
 
     def _reduce_grads(self):
         ctx = self.ctx

@@ -27,6 +27,7 @@ from real_ext.data.packed import PackedBatch
 from real_ext.data.sample import SequenceSample
 from real_ext.generation import GenerationConfig, generate
 from real_ext.runtime.rewards import resolve_reward
+from real_ext.runtime.transfer import store_add
 
 
 @dataclasses.dataclass
@@ -48,10 +49,17 @@ class RunContext:
 
     @property
     def dataset(self):
-        return self.worker.setup.dataset
+        return self.worker.setup.datasets[self.args.get("split", "train")]
 
     def samples(self, keys) -> SequenceSample:
-        return SequenceSample.gather([self.worker.store[s] for s in self.sample_ids], keys)
+        """This rank's samples with the given keys; keys the dataset provides
+        (e.g. SFT sequences) are read from it here, never transferred."""
+        store = self.worker.store
+        from_dataset = [k for k in keys if k in getattr(self.dataset, "keys", ())]
+        for sid in self.sample_ids:
+            if from_dataset and (sid not in store or not set(from_dataset) <= store[sid].keys):
+                store_add(store, self.dataset.sample(sid).to(self.worker.device))
+        return SequenceSample.gather([store[s] for s in self.sample_ids], keys)
 
     def batch(self, token_keys=(), seq_keys=(), ids_key: str = "input_ids") -> tuple[SequenceSample, PackedBatch]:
         """This rank's samples, and all their sequences as one packed batch."""

@@ -49,10 +49,12 @@ class StepState:
 class Master:
     def __init__(self, models: dict, algorithm, dataset, n_workers: int, *, device: str = "cpu",
                  threads_per_worker: int = 1, offload: tuple[str, ...] = (), launcher=None,
-                 trace: Trace | None = None):
+                 trace: Trace | None = None, eval_dataset=None):
         """``offload`` names models (inference-only) whose parameters wait in host
-        memory between their calls (reloaded before each, offloaded after)."""
+        memory between their calls (reloaded before each, offloaded after).
+        ``eval_dataset`` is what ``evaluate`` runs the algorithm's eval MFCs on."""
         self.models, self.algorithm, self.dataset = models, algorithm, dataset
+        self.datasets = {"train": dataset} if eval_dataset is None else {"train": dataset, "eval": eval_dataset}
         self.mfcs = algorithm.mfcs()
         validate(models, self.mfcs, n_workers)
         validate_offload(models, self.mfcs, offload)
@@ -61,7 +63,7 @@ class Master:
         self.homes = home_allocations(models, self.mfcs)
         self.n_workers = n_workers
         self.trace = trace or Trace()
-        self.setup = Setup(models, self.mfcs, self.homes, dataset, device)
+        self.setup = Setup(models, self.mfcs, self.homes, self.datasets, device)
         self.launcher = launcher or LocalLauncher(n_workers, self.setup, threads_per_worker=threads_per_worker)
         self.next_id = 0
         self.pending: dict[int, set[int]] = {}
@@ -136,13 +138,15 @@ class Master:
 
     # ------------------------------------------------------------ one step
 
-    def _split(self, mfc: MFCSpec, samples: list[int], state: StepState) -> dict[int, list[int]]:
+    def _split(self, mfc: MFCSpec, samples: list[int], state: StepState, dataset,
+               evaluating: bool) -> dict[int, list[int]]:
         """Samples per worker: a token-balanced contiguous split over the dp ranks
         (each with at least one sequence per mini-batch); every worker of a dp
-        rank gets that rank's samples."""
+        rank gets that rank's samples. Lengths are those MFCs reported, else the
+        dataset's."""
         layout = mfc.allocation.layout
-        lengths = [sum(state.meta.get(s, {}).get("lengths", [1])) for s in samples]
-        cuts = balanced_cuts(lengths, layout.dp, mfc.min_per_rank)
+        lengths = [sum(state.meta.get(s, {}).get("lengths") or dataset.lengths(s)) for s in samples]
+        cuts = balanced_cuts(lengths, layout.dp, 1 if evaluating else mfc.min_per_rank)
         per_dp = [samples[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
         return {rank: per_dp[layout.coord(rank).dp] for rank in layout.mesh}
 
@@ -162,7 +166,8 @@ class Master:
         home = self.homes[model]
         return self.issue(kind, f"{model}:{kind}", home.mesh, {"model": model, "allocation": home})
 
-    def _issue_run(self, mfc: MFCSpec, split: dict[int, list[int]], state: StepState, later: list[MFCSpec]) -> int:
+    def _issue_run(self, mfc: MFCSpec, split: dict[int, list[int]], state: StepState, later: list[MFCSpec],
+                   extra: dict) -> int:
         """[reload] -> [reallocation in] -> run -> [free the reallocated copy] ->
         [offload]; returns the run's id. A reallocated copy (a reloaded model)
         stays while MFCs issued ``later`` in this step still use it, so that
@@ -178,7 +183,7 @@ class Master:
             self.issue(ops.REALLOC, f"{model}:realloc", set(home.mesh) | set(mfc.allocation.mesh),
                        {"model": model, "src": home, "dst": mfc.allocation})
             self.copies.add(copy)
-        args = dict(self.algorithm.args_for(mfc, state, split), step=self.step_count)
+        args = {**self.algorithm.args_for(mfc, state, split), "step": self.step_count, **extra}
         run = self.issue(ops.RUN, mfc.name, mfc.allocation.mesh, {"mfc": mfc.name, "samples": split, "args": args})
         if moved and not any((m.model, layout_key(m.allocation)) == copy for m in later):
             self.issue(ops.FREE, f"{model}:free", mfc.allocation.mesh, {"model": model, "allocation": mfc.allocation})
@@ -200,42 +205,89 @@ class Master:
             for k, v in reply.result["summed"].items():
                 state.stats[f"{mfc.name}/{k}"] = state.stats.get(f"{mfc.name}/{k}", 0) + v
 
-    def step(self) -> dict:
-        """One iteration of the dataflow graph; returns its statistics.
+    def _run_graph(self, mfcs: list[MFCSpec], samples: list[int], split_name: str, extra: dict) -> StepState:
+        """Run ``mfcs`` (a closed part of the graph, in topological order) once
+        over ``samples`` of the dataset ``split_name``.
 
         Every MFC is issued as soon as all its parents have replied (their
         metadata decides its token-balanced split and who sends it what). MFCs
         that become ready together have all their data transfers issued before
         any of their runs, so that a worker busy with one run never holds up
         the data another MFC on other workers needs."""
-        t0 = time.time()
-        prompts = self.algorithm.prompts_for_step(self.step_count, self.dataset)
+        dataset = self.datasets[split_name]
+        evaluating = split_name != "train"
         state = StepState(meta={}, holders={}, stats={})
+        names = {m.name for m in mfcs}
         runs: dict[int, MFCSpec] = {}    # run op id -> its MFC, while running
         done: set[str] = set()
         issued: set[str] = set()
-        while len(done) < len(self.mfcs):
-            ready = [m for m in self.dfg.mfcs
-                     if m.name not in issued and all(p in done for p in self.dfg.parents(m))]
+        while len(done) < len(mfcs):
+            ready = [m for m in mfcs
+                     if m.name not in issued and all(p in done for p in self.dfg.parents(m) if p in names)]
             splits = {}
             for mfc in ready:
-                splits[mfc.name] = self._split(mfc, prompts, state)  # a sample is a prompt with its responses
+                splits[mfc.name] = self._split(mfc, samples, state, dataset, evaluating)
                 self._issue_transfer(mfc, splits[mfc.name], state)
             for mfc in ready:
                 issued.add(mfc.name)
-                later = [m for m in self.dfg.mfcs if m.name not in issued]
-                runs[self._issue_run(mfc, splits[mfc.name], state, later)] = mfc
+                later = [m for m in mfcs if m.name not in issued]
+                runs[self._issue_run(mfc, splits[mfc.name], state, later, dict(extra, split=split_name))] = mfc
             op_id, replies = self.wait_any(list(runs))
             mfc = runs.pop(op_id)
             self._collect(mfc, replies, state)
             done.add(mfc.name)
-        # Every worker answers in order, so once all have cleared, every reply of this step is in.
+        # Every worker answers in order, so once all have cleared, every reply is in.
         self.wait([self.issue(ops.CLEAR, "clear", range(self.n_workers))])
         self._forget_finished()
+        return state
+
+    def step(self) -> dict:
+        """One iteration of the dataflow graph; returns its statistics."""
+        t0 = time.time()
+        samples = self.algorithm.prompts_for_step(self.step_count, self.dataset)  # a prompt with its responses
+        state = self._run_graph(self.dfg.mfcs, samples, "train", {})
         stats = self.algorithm.finish_step(state)
         stats.update(step=self.step_count, time_s=time.time() - t0)
         self.step_count += 1
         return stats
+
+    def evaluate(self) -> dict:
+        """The algorithm's eval MFCs (no parameter updates) over the whole eval
+        dataset, in batches of the training batch size; returns the statistics
+        averaged over batches (weighted by samples), each named "eval/...".
+        A last batch smaller than the largest dp of those MFCs is left out."""
+        if "eval" not in self.datasets:
+            raise ValueError("evaluate needs an eval_dataset; pass one to Master")
+        mfcs = [m for m in self.dfg.mfcs if m.name in self.algorithm.eval_mfcs]
+        size = max(m.n_seqs or 1 for m in mfcs)
+        smallest = max(m.allocation.dp for m in mfcs)
+        n = len(self.datasets["eval"])
+        totals: dict[str, float] = {}
+        counted = 0
+        for b, start in enumerate(range(0, n, size)):
+            ids = list(range(start, min(n, start + size)))
+            if len(ids) < smallest:
+                break
+            # Generation seeds by batch, not by training step: every evaluation samples alike.
+            state = self._run_graph(mfcs, ids, "eval", {"eval": True, "step": -1 - b})
+            for k, v in self.algorithm.eval_stats(state).items():
+                totals[k] = totals.get(k, 0.0) + v * len(ids)
+            counted += len(ids)
+        if not counted:
+            raise ValueError(f"the eval dataset has {n} samples, fewer than the dp={smallest} of the eval MFCs")
+        return {f"eval/{k}": v / counted for k, v in totals.items()}
+
+    def save_states(self, models, directory: str) -> None:
+        """Checkpoint the trained ``models`` into ``directory`` (HF parameters,
+        optimizer states, RNG; see worker._save_state), all at once."""
+        self.wait([self.issue(ops.SAVE_STATE, f"{m}:checkpoint", self.homes[m].mesh, {"model": m, "dir": directory})
+                   for m in models])
+
+    def load_states(self, models, directory: str) -> None:
+        """Restore the optimizer states and RNG ``save_states`` wrote; the
+        parameters come from ``directory/models`` through the model specs."""
+        self.wait([self.issue(ops.LOAD_STATE, f"{m}:restore", self.homes[m].mesh, {"model": m, "dir": directory})
+                   for m in models])
 
     def save(self, model: str, path: str) -> None:
         self.wait([self.issue(ops.SAVE, f"{model}:save", self.homes[model].mesh, {"model": model, "path": path})])

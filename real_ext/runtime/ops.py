@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-RUN, TRANSFER, REALLOC, FREE, OFFLOAD, RELOAD, CLEAR, SAVE, SHUTDOWN = (
-    "run", "transfer", "realloc", "free", "offload", "reload", "clear", "save", "shutdown")
+RUN, TRANSFER, REALLOC, FREE, OFFLOAD, RELOAD, CLEAR, SAVE, SAVE_STATE, LOAD_STATE, SHUTDOWN = (
+    "run", "transfer", "realloc", "free", "offload", "reload", "clear", "save", "save_state", "load_state",
+    "shutdown")
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ launcher and as a Ray actor."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import traceback
 
@@ -27,7 +28,7 @@ class Setup:
     models: dict                 # name -> ModelSpec
     mfcs: list                   # MFCSpec
     homes: dict                  # model name -> Allocation its parameters live under
-    dataset: object              # has prompt(i) -> list[int]
+    datasets: dict               # split ("train", "eval") -> dataset (real_ext/data/prompts.py, sequences.py)
     device: str = "cpu"
 
 
@@ -82,6 +83,8 @@ class Worker:
             else:
                 model = ReaLModel.from_config(self.configs[name], head=spec.head, layout=ctx, dtype=dtype,
                                               device=self.device, seed=spec.seed)
+            if spec.tokenizer is not None:
+                model.source_path = spec.tokenizer   # save_pretrained copies the tokenizer files from here
             self.models[(name, layout_key(allocation))] = model
             if spec.optimizer is not None:
                 self.trainers[name] = Trainer(model, spec.optimizer)
@@ -160,6 +163,33 @@ class Worker:
     def _save(self, op):
         name, allocation = op.payload["model"], self.setup.homes[op.payload["model"]]
         self.models[(name, layout_key(allocation))].save_pretrained(op.payload["path"])
+
+    def _state_file(self, op) -> str:
+        return os.path.join(op.payload["dir"], "train_state", op.payload["model"], f"rank{self.rank}.pt")
+
+    def _save_state(self, op):
+        """A trained model's checkpoint: HF parameters (the mesh's first rank
+        writes) and every rank's optimizer state and RNG."""
+        name = op.payload["model"]
+        self._save(dataclasses.replace(op, payload={"model": name,
+                                                    "path": os.path.join(op.payload["dir"], "models", name)}))
+        path = self._state_file(op)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({"layout": layout_key(self.setup.homes[name]), "trainer": self.trainers[name].state_dict(),
+                    "rng": torch.get_rng_state()}, path)
+
+    def _load_state(self, op):
+        name, path = op.payload["model"], self._state_file(op)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {op.payload['dir']} has no optimizer state for model {name!r} "
+                                    f"on worker {self.rank} ({path}); it was saved with another allocation")
+        state = torch.load(path, weights_only=False)
+        if state["layout"] != layout_key(self.setup.homes[name]):
+            raise ValueError(f"model {name!r} was checkpointed under layout (mesh, dp, tp, pp)={state['layout']} "
+                             f"but now lives under {layout_key(self.setup.homes[name])}; resume with the "
+                             f"allocation of its train_step unchanged")
+        self.trainers[name].load_state_dict(state["trainer"])
+        torch.set_rng_state(state["rng"])
 
 
 def worker_loop(worker: Worker, recv, send) -> None:

@@ -66,8 +66,10 @@ class Task:
         """The correct answer to a prompt, ending with eos."""
         raise NotImplementedError
 
-    def wrong_answer(self, prompt_ids: Sequence[int], rng: random.Random) -> list[int]:
-        """A plausible answer (ending with eos) that differs from the reference."""
+    def wrong_answer(self, prompt_ids: Sequence[int], rng: random.Random,
+                     answer: Sequence[int] | None = None) -> list[int]:
+        """A plausible answer (ending with eos) that differs from ``answer``
+        (default: the reference answer) by one mistake."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ data
@@ -82,10 +84,22 @@ class Task:
         return [(p, self.reference_answer(p)) for p in self.prompts(n, seed)]
 
     def preference_pairs(self, n: int, seed: int) -> list[tuple[list[int], list[int], list[int]]]:
-        """(prompt, chosen, rejected): chosen is the reference answer, rejected a
-        plausible wrong one (it scores lower under ``reward``)."""
+        """(prompt, chosen, rejected) with reward(chosen) > reward(rejected).
+        Half the chosen answers are the reference; the other half are wrong
+        already, with a second mistake in the rejected one, as when both
+        answers a labeller compares are imperfect. A reward model trained on
+        correct-vs-wrong only cannot rank a policy's partly wrong answers, and
+        PPO on it then exploits its blind spots."""
         rng = random.Random(f"{self.name}/rejected/{seed}")
-        return [(p, self.reference_answer(p), self.wrong_answer(p, rng)) for p in self.prompts(n, seed)]
+        pairs = []
+        for p in self.prompts(n, seed):
+            reference = self.reference_answer(p)
+            chosen = reference if rng.random() < 0.5 else self.wrong_answer(p, rng)
+            rejected = self.wrong_answer(p, rng, answer=chosen)
+            if self.reward(p, rejected) >= self.reward(p, chosen):   # the second mistake did not hurt
+                chosen, rejected = reference, self.wrong_answer(p, rng)
+            pairs.append((p, chosen, rejected))
+        return pairs
 
     # ------------------------------------------------------------ reward
 

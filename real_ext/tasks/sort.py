@@ -46,26 +46,30 @@ class SortTask(Task):
     def reference_answer(self, prompt_ids: Sequence[int]) -> list[int]:
         return sorted(self._digits(prompt_ids)) + [self.eos_id]
 
-    def wrong_answer(self, prompt_ids: Sequence[int], rng: random.Random) -> list[int]:
+    def wrong_answer(self, prompt_ids: Sequence[int], rng: random.Random,
+                     answer: Sequence[int] | None = None) -> list[int]:
         """One of the mistakes a half-trained model makes: the input copied,
-        two neighbours swapped, a digit dropped, duplicated or changed."""
+        two neighbours swapped, a digit dropped, duplicated or changed; made
+        to ``answer`` (default: the reference), so mistakes can pile up."""
         digits = self._digits(prompt_ids)
-        answer = sorted(digits)
+        base = sorted(digits) if answer is None else [int(a) for a in answer if int(a) != self.eos_id]
         kind = rng.choice(("copy", "swap", "drop", "repeat", "change"))
         if kind == "copy":
             wrong = list(digits)
         elif kind == "swap":
-            i = rng.randrange(len(answer) - 1) if len(answer) > 1 else 0
-            wrong = answer[:i] + answer[i:i + 2][::-1] + answer[i + 2:]
-        elif kind == "drop":
-            i = rng.randrange(len(answer))
-            wrong = answer[:i] + answer[i + 1:]
-        elif kind == "repeat":
-            i = rng.randrange(len(answer))
-            wrong = answer[:i + 1] + answer[i:]
+            i = rng.randrange(len(base) - 1) if len(base) > 1 else 0
+            wrong = base[:i] + base[i:i + 2][::-1] + base[i + 2:]
+        elif kind == "drop" and len(base) > 1:
+            i = rng.randrange(len(base))
+            wrong = base[:i] + base[i + 1:]
+        elif kind == "repeat" and base:
+            i = rng.randrange(len(base))
+            wrong = base[:i + 1] + base[i:]
         else:
-            wrong = list(answer)
-        if wrong == answer:   # "change" always differs; copy/swap may not (sorted input, equal digits)
-            i = rng.randrange(len(answer))
-            wrong[i] = rng.choice([d for d in self.digit_ids if d != answer[i]])
+            wrong = list(base)
+        if wrong == base and base:   # "change" always differs; the others may not (equal digits, sorted input)
+            i = rng.randrange(len(base))
+            wrong[i] = rng.choice([d for d in self.digit_ids if d != base[i]])
+        elif wrong == base:
+            wrong = [rng.choice(self.digit_ids)]
         return wrong + [self.eos_id]

@@ -6,16 +6,11 @@ early leaves room for the reward to rise."""
 from __future__ import annotations
 
 from real_ext.algo.common import action_mask as answer_mask  # positions predicting answer tokens
-from real_ext.algo.common import masked_mean, policy_logprobs
+from real_ext.algo.sft import sft_loss
 from real_ext.data.packed import PackedBatch
 from real_ext.model import ReaLModel
 from real_ext.model.config import ModelConfig
 from real_ext.model.train import OptimConfig, Trainer
-
-
-def sft_loss(model, hidden, mb):
-    mask = mb.token_data["mask"]
-    return masked_mean(-policy_logprobs(model, hidden, mb, 1.0), mask), {}
 
 
 def warm_start(task, path: str, *, size: str = "tiny", steps: int = 100, batch_size: int = 32, lr: float = 3e-3,
