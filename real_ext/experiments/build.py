@@ -70,6 +70,9 @@ def resolve(c: ExperimentConfig) -> ExperimentConfig:
     _resolve_models(c)
     _resolve_data(c)
     names = MFC_NAMES[c.experiment](a)
+    auto = c.allocations == "auto"
+    if auto:
+        c.allocations = {}
     for name in c.allocations:
         if name not in names:
             raise ConfigError(f"allocations.{name}: no such MFC in a {c.experiment} experiment"
@@ -83,7 +86,47 @@ def resolve(c: ExperimentConfig) -> ExperimentConfig:
         import torch
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' but this torch sees no CUDA GPU; set device: cpu")
+    if auto:
+        c.allocations = _searched_allocations(c, names)
     return c
+
+
+def _searched_allocations(c: ExperimentConfig, names) -> dict:
+    """``allocations: auto``: the plan search's choice for this config on
+    this machine's workers (CPU: from the measured profile, made if missing)."""
+    from real_ext.plan.problem import problem_from_config
+    from real_ext.plan.search import PlanSearchError, search
+    try:
+        cost = local_cost(c)
+        # The graph and data, built under a placeholder allocation the search replaces.
+        placeholder = dataclasses.replace(c, allocations={n: Allocation((0,)) for n in names})
+        problem = problem_from_config(placeholder, cost)
+        found = search(problem, time_budget_s=c.plan.time_s)
+    except PlanSearchError as e:
+        raise ConfigError(f"allocations: auto: {e}") from None
+    print(f"[plan] searched {found.evaluated} plans in {found.seconds:.1f} s: estimated "
+          f"{found.result.iteration_time:.3g} s per step; baselines: "
+          + ", ".join(f"{k} {v[1].iteration_time:.3g} s" if v else f"{k} does not fit"
+                      for k, v in found.baselines.items()), flush=True)
+    return found.allocations
+
+
+def local_cost(c: ExperimentConfig):
+    """The cost model of this machine's n_workers workers."""
+    from real_ext.plan.cost import AnalyticCost, ProfiledCost
+    from real_ext.plan.hardware import parse_cluster
+    if c.device == "cuda":
+        import torch
+        cluster = c.plan.cluster or f"1x{c.n_workers}x{torch.cuda.get_device_name(0).split()[-1]}"
+        try:
+            return AnalyticCost(parse_cluster(cluster))
+        except ValueError as e:
+            raise ConfigError(f"plan.cluster: {e}; name the GPUs, e.g. plan.cluster=1x8xH100") from None
+    from real_ext.plan.profile import run_profile
+    if not os.path.exists(c.plan.profile):
+        print(f"[plan] measuring this machine first (real-ext profile) -> {c.plan.profile}", flush=True)
+        run_profile(c.plan.profile)
+    return ProfiledCost.from_json(c.plan.profile, n_workers=c.n_workers)
 
 
 def _resolve_models(c: ExperimentConfig) -> None:
@@ -167,7 +210,8 @@ def build(c: ExperimentConfig, tokenizer_dir: str) -> Built:
     models = {}
     for role, (head, trains) in roles.items():
         m = getattr(c, role)
-        spec = ModelSpec(role, path=m.path, head=head, dtype=m.dtype, optimizer=m.optimizer if trains else None)
+        spec = ModelSpec(role, path=m.path, head=head, dtype=m.dtype, optimizer=m.optimizer if trains else None,
+                         activation_checkpointing=m.activation_checkpointing)
         if m.init is not None:
             from real_ext.tasks import get_task
             task = get_task(m.init.task)

@@ -4,6 +4,8 @@
     real-ext check CONFIG.yaml [KEY=VALUE ...]      validate and print the resolved config; starts nothing
     real-ext quickstart [--out DIR] [--resume] [KEY=VALUE ...]
     real-ext generate MODEL_DIR --prompt TEXT [--prompt TEXT ...] [sampling options]
+    real-ext plan CONFIG.yaml --cluster 16x8xH100 [--out alloc.yaml] [--timeline sim.png]
+    real-ext profile [--out runs/profile.json]     measure this machine for CPU plans
 
 Overrides use dotted paths into the config (``actor.optimizer.lr=1e-5``;
 in a pipeline ``stages.ppo.steps=50``); values are YAML. A bad config exits
@@ -12,6 +14,7 @@ with status 2 and one line naming the field and the fix.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -92,6 +95,50 @@ def _generate(args) -> None:
         print(f"[{out.prompt_index[i]}] {args.prompt[out.prompt_index[i]]} -> {text}")
 
 
+def _plan(args) -> None:
+    from real_ext.experiments.build import resolve
+    from real_ext.experiments.pipeline import load
+    from real_ext.experiments.schema import PipelineConfig
+    from real_ext.plan.cost import AnalyticCost, ProfiledCost
+    from real_ext.plan.hardware import parse_cluster
+    from real_ext.plan.problem import problem_from_config
+    from real_ext.plan.report import allocations_yaml, plan_table
+    from real_ext.plan.search import search
+    config = load(args.config, args.overrides)
+    if isinstance(config, PipelineConfig):
+        raise ConfigError("plan: give one experiment's config, not a pipeline")
+    cpu = args.cluster.upper().endswith("CPU")   # the local CPU workers: from the measured profile
+    if cpu and not os.path.exists(args.profile):
+        raise ConfigError(f"--profile: {args.profile!r} does not exist; run `real-ext profile --out "
+                          f"{args.profile}` first")
+    try:
+        hardware = parse_cluster(args.cluster, profile=args.profile if cpu else None)
+    except ValueError as e:
+        raise ConfigError(f"--cluster: {e}") from None
+    cost = ProfiledCost.from_json(args.profile, n_workers=hardware.n_workers) if cpu else AnalyticCost(hardware)
+    # Allocations come from the search: check everything else on one worker.
+    c = resolve(dataclasses.replace(config, n_workers=1, allocations={}, offload=()))
+    problem = problem_from_config(c, cost)
+    found = search(problem, time_budget_s=args.time, seed=args.seed)
+    print(f"# {c.experiment} on {hardware.n_nodes} x {hardware.gpus_per_node} {hardware.name}")
+    print(plan_table(found))
+    text = allocations_yaml(found.allocations)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"allocations written to {args.out}")
+    else:
+        print(text)
+    if args.timeline:
+        found.result.draw(args.timeline, title=f"simulated: {c.experiment} on {args.cluster}")
+
+
+def _profile(args) -> None:
+    from real_ext.plan.profile import run_profile
+    run_profile(args.out)
+    print(f"profile written to {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="real-ext", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +165,17 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--n-samples", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu")
+    plan = sub.add_parser("plan", help="search an execution plan for a config on a cluster")
+    plan.add_argument("config")
+    plan.add_argument("overrides", nargs="*")
+    plan.add_argument("--cluster", required=True, help="NODESxGPUSxTYPE, e.g. 16x8xH100, or 1x4xCPU (profiled)")
+    plan.add_argument("--time", type=float, default=30.0, help="search time budget in seconds")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--out", help="write the allocations YAML here")
+    plan.add_argument("--timeline", help="write the simulated timeline PNG here")
+    plan.add_argument("--profile", default="runs/profile.json", help="for CPU clusters: `real-ext profile` output")
+    prof = sub.add_parser("profile", help="measure this machine's per-layer costs for the planner")
+    prof.add_argument("--out", default="runs/profile.json")
     return p
 
 
@@ -127,7 +185,7 @@ def main(argv=None) -> int:
         args.config = QUICKSTART
         args.command = "run"
     try:
-        {"run": _run, "check": _check, "generate": _generate}[args.command](args)
+        {"run": _run, "check": _check, "generate": _generate, "plan": _plan, "profile": _profile}[args.command](args)
     except ConfigError as e:
         print(f"real-ext: error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,16 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _same_shape(tp, value) -> bool:
+    """Whether ``value`` has the container shape of type ``tp`` (mapping, list)."""
+    origin = typing.get_origin(tp) or tp
+    if isinstance(value, dict):
+        return origin is dict or dataclasses.is_dataclass(tp)
+    if isinstance(value, (list, tuple)):
+        return origin in (list, tuple)
+    return False
+
+
 def convert(tp, value, path: str):
     """``value`` (from YAML) as type ``tp``, or ConfigError naming ``path``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -46,9 +56,12 @@ def convert(tp, value, path: str):
             try:
                 return convert(a, value, path)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{path}: {value!r} is none of {', '.join(_type_name(a) for a in inner)}")
+                errors.append(e)
+        # The alternative of the value's own shape (a mapping for a section) says best what is wrong.
+        shaped = [e for a, e in zip(inner, errors) if _same_shape(a, value)]
+        if len(errors) == 1 or len(shaped) == 1:
+            raise (shaped or errors)[0]
+        raise ConfigError(f"{path}: {value!r} is none of {', '.join(_type_name(a) for a in inner)}")
     if tp is typing.Any:
         return value
     if tp in (dict, list):   # untyped sections, checked where they are used

@@ -36,6 +36,7 @@ class ModelSection:
     init: InitSection | None = None          # a fresh model for a built-in task
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     optimizer: OptimConfig | None = None     # for models that train
+    activation_checkpointing: bool = False   # training recomputes each block's activations: less memory
 
 
 @dataclasses.dataclass
@@ -177,6 +178,18 @@ class LogSection:
 
 
 @dataclasses.dataclass
+class PlanSection:
+    """For ``allocations: auto``: the execution-plan search (real_ext/plan)."""
+    profile: str = "runs/profile.json"       # CPU workers: `real-ext profile` output (made when missing)
+    cluster: str | None = None               # GPUs: e.g. "1x8xH100"; default: this machine's GPUs
+    time_s: float = 20.0                     # search time budget
+
+    def __post_init__(self):
+        if not self.time_s > 0:
+            raise ValueError(f"time_s must be > 0, got {self.time_s}")
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     experiment: Literal["ppo", "grpo", "remax", "sft", "rw", "dpo"]
     out: str = "runs/experiment"
@@ -196,7 +209,9 @@ class ExperimentConfig:
     sft: SupervisedSection | None = None
     rw: SupervisedSection | None = None
     dpo: DPOSection | None = None
-    allocations: dict[str, Allocation] = dataclasses.field(default_factory=dict)   # MFC name -> where it runs
+    # MFC name -> where it runs; "auto": the plan search picks (section plan)
+    allocations: dict[str, Allocation] | Literal["auto"] = dataclasses.field(default_factory=dict)
+    plan: PlanSection = dataclasses.field(default_factory=PlanSection)
     offload: tuple[str, ...] = ()            # inference-only models kept in host memory between calls
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)

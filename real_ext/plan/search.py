@@ -7,9 +7,12 @@ them). Strategies on a mesh of n workers: every dp * tp * pp = n with tp
 within a node and dividing the heads, pp at most the layers, dp dividing the
 batch; training gets micro-batches in {pp, 2 pp}, other calls one per stage.
 
-Simulated annealing walks from the best baseline: a move re-draws one MFC's
-mesh, or its strategy on the same mesh; worse plans are taken with
-probability exp(-delta / T), T falling geometrically; infeasible plans
+From the best baseline, a greedy pass tries for each MFC its options that are
+fastest alone (by the cost model, no simulation) and keeps what the
+simulator says is better; then simulated annealing: a move re-draws one
+MFC's strategy on its mesh, one of its fastest-alone options, or any option;
+worse plans are taken with probability exp(-delta / T), T falling
+geometrically over the time budget; infeasible plans
 (memory) are never taken, so the result is never infeasible and never worse
 than the baselines it started from. Baselines, named as in the paper:
 symmetric (every MFC on all workers, one strategy: DeepSpeed-Chat's shape),
@@ -30,6 +33,10 @@ from real_ext.plan.simulate import SimResult, simulate
 from real_ext.runtime.spec import Allocation, MFCSpec
 
 
+MAX_MICROBATCHES = 64
+TOP = 6   # options per MFC the greedy phase simulates
+
+
 class PlanSearchError(ValueError):
     """No feasible plan (every candidate exceeds the memory), with why."""
 
@@ -46,8 +53,16 @@ class Problem:
     def hardware(self):
         return self.cost.hardware
 
+    def __post_init__(self):
+        self._seen: dict[tuple, SimResult] = {}
+
     def evaluate(self, allocations: dict[str, Allocation]) -> SimResult:
-        return simulate(self.mfcs, self.models, self.works, allocations, self.cost, n_iterations=self.n_iterations)
+        """The simulated result of a plan (remembered: annealing revisits plans)."""
+        key = tuple(sorted(allocations.items()))
+        if key not in self._seen:
+            self._seen[key] = simulate(self.mfcs, self.models, self.works, allocations, self.cost,
+                                       n_iterations=self.n_iterations)
+        return self._seen[key]
 
 
 def _powers_of_two(n: int) -> list[int]:
@@ -85,12 +100,11 @@ def candidate_strategies(size: int, model: ModelInfo | None, work: MFCWork, hard
             dp = size // (tp * pp)
             if pp > cfg.num_layers or work.n_seqs % dp or work.n_seqs // dp < work.n_minibatches:
                 continue
-            if work.interface == "train_step":
-                for m in (pp, 2 * pp):
-                    if work.n_seqs // dp // work.n_minibatches >= m:
-                        out.append(Strategy(dp, tp, pp, m))
-            else:
-                out.append(Strategy(dp, tp, pp, pp))
+            # Micro-batches: at least one per stage, more to bound activation memory.
+            per_rank = work.n_seqs // dp // (work.n_minibatches if work.interface == "train_step" else 1)
+            for m in _powers_of_two(min(per_rank, MAX_MICROBATCHES)):
+                if m >= pp or m == per_rank:
+                    out.append(Strategy(dp, tp, pp, m))
     return out
 
 
@@ -115,19 +129,23 @@ def _best(problem: Problem, plans) -> tuple[dict, SimResult] | None:
 
 
 def symmetric(problem: Problem):
-    """Every MFC on all workers with one (dp, tp, pp) for all: the best such plan."""
+    """Every MFC on all workers with one (dp, tp, pp) for all (micro-batches
+    per MFC): the best such plan."""
     everyone = tuple(range(problem.hardware.n_workers))
+    options = {m.name: _options(problem, m, [everyone]) for m in problem.mfcs}
     shared = None
-    for mfc in problem.mfcs:
-        model = problem.models.get(mfc.model) if mfc.model else None
-        mine = {(s.dp, s.tp, s.pp) for s in candidate_strategies(len(everyone), model, problem.works[mfc.name],
-                                                                  problem.hardware)}
-        if mfc.model is not None:
+    for m in problem.mfcs:
+        if m.model is not None:
+            mine = {(a.dp, a.tp, a.pp) for a in options[m.name]}
             shared = mine if shared is None else shared & mine
     plans = []
     for dp, tp, pp in sorted(shared or ()):
-        plans.append({m.name: _allocation(everyone, Strategy(dp, tp, pp, pp) if m.model else Strategy(
-            len(everyone), 1, 1)) for m in problem.mfcs})
+        resident = {name: problem.cost.resident_bytes(info, Strategy(dp, tp, pp)) for name, info in
+                    problem.models.items()}
+        plans.append({m.name: _pick_fastest(problem, m, [a for a in options[m.name] if m.model is None
+                                                         or (a.dp, a.tp, a.pp) == (dp, tp, pp)],
+                                            sum(resident.values()) - resident.get(m.model, 0))
+                      for m in problem.mfcs})
     return _best(problem, plans)
 
 
@@ -169,17 +187,29 @@ def disjoint(problem: Problem):
     return _best(problem, [allocations])
 
 
-def _pick_fastest(problem: Problem, mfc: MFCSpec, options: list[Allocation]) -> Allocation:
+def _pick_fastest(problem: Problem, mfc: MFCSpec, options: list[Allocation], others: float = 0) -> Allocation:
+    """The fastest option whose memory (its model's resident bytes and its
+    peak, next to ``others`` bytes of other models) fits a worker; the
+    smallest if none does."""
     if mfc.model is None:
         return options[0]
-    model, work = problem.models[mfc.model], problem.works[mfc.name]
-    return min(options, key=lambda a: problem.cost.mfc_time(model, work, Strategy(a.dp, a.tp, a.pp, a.n_microbatches)))
+    model, work, cost = problem.models[mfc.model], problem.works[mfc.name], problem.cost
+
+    def strategy(a):
+        return Strategy(a.dp, a.tp, a.pp, a.n_microbatches)
+
+    def memory(a):
+        return cost.resident_bytes(model, strategy(a)) + cost.peak_bytes(model, work, strategy(a))
+    fits = [a for a in options if memory(a) + others <= problem.hardware.mem_bytes]
+    if not fits:
+        return min(options, key=memory)
+    return min(fits, key=lambda a: cost.mfc_time(model, work, strategy(a)))
 
 
 def heuristic(problem: Problem):
-    """ReaLHF-style: generation data parallel on all workers with the smallest
-    tp that fits; training and inference on all workers, tp in a node, pp
-    across nodes."""
+    """ReaLHF-style: every MFC on all workers; generation data parallel with
+    the smallest tp that fits; training and inference with tp within a node
+    and pp across nodes; micro-batches the fastest that fit."""
     hw = problem.hardware
     everyone = tuple(range(hw.n_workers))
     allocations = {}
@@ -187,15 +217,52 @@ def heuristic(problem: Problem):
         options = _options(problem, m, [everyone])
         if not options:
             return None
-        if m.interface == "generate":
-            options.sort(key=lambda a: (a.tp * a.pp, a.pp))
+        if m.model is not None and m.interface == "generate":
+            for tp in _powers_of_two(hw.gpus_per_node):
+                mine = [a for a in options if a.tp == tp and a.pp == 1]
+                if mine and _fits(problem, m, _pick_fastest(problem, m, mine)):
+                    options = mine
+                    break
         elif m.model is not None:
-            tp = min(hw.gpus_per_node, max(a.tp for a in options))
-            options.sort(key=lambda a: (a.tp != tp, a.pp != max(1, hw.n_workers // (tp * hw.gpus_per_node)), a.pp))
-        allocations[m.name] = options[0]
-    # The first option may not fit: fall back to the fastest feasible of each MFC's options by simulation.
-    found = _best(problem, [allocations])
-    return found
+            tp = max(a.tp for a in options)
+            pp = max(1, hw.n_workers // (tp * hw.gpus_per_node) if hw.n_nodes > 1 else 1)
+            mine = [a for a in options if a.tp == tp and a.pp == min(pp, max(b.pp for b in options if b.tp == tp))]
+            options = mine or options
+        allocations[m.name] = options
+    # Micro-batches last: the fastest that fit next to every model's parameters under its home strategy.
+    homes = {}
+    for m in problem.mfcs:
+        if m.model is not None and (m.interface == "train_step" or m.model not in homes):
+            homes[m.model] = allocations[m.name][0]
+    resident = {name: problem.cost.resident_bytes(problem.models[name], Strategy(a.dp, a.tp, a.pp))
+                for name, a in homes.items()}
+    for m in problem.mfcs:
+        allocations[m.name] = _pick_fastest(problem, m, allocations[m.name],
+                                            sum(resident.values()) - resident.get(m.model, 0))
+    return _best(problem, [allocations])
+
+
+def _ranked(problem: Problem, mfc: MFCSpec, options: list[Allocation]) -> list[Allocation]:
+    """Options that fit a worker alone, by their time alone (no reallocation,
+    no sharing), fastest first; one per (mesh size, dp, tp, pp) and the first
+    mesh of each size, so the list spans strategies rather than placements."""
+    if mfc.model is None:
+        return options
+    model, work = problem.models[mfc.model], problem.works[mfc.name]
+    seen, out = set(), []
+    for a in sorted((a for a in options if _fits(problem, mfc, a)),
+                    key=lambda a: problem.cost.mfc_time(model, work, Strategy(a.dp, a.tp, a.pp, a.n_microbatches))):
+        key = (len(a.mesh), a.dp, a.tp, a.pp)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+def _fits(problem: Problem, mfc: MFCSpec, a: Allocation) -> bool:
+    model, work, cost = problem.models[mfc.model], problem.works[mfc.name], problem.cost
+    s = Strategy(a.dp, a.tp, a.pp, a.n_microbatches)
+    return cost.resident_bytes(model, s) + cost.peak_bytes(model, work, s) <= problem.hardware.mem_bytes
 
 
 BASELINES = {"symmetric": symmetric, "disjoint": disjoint, "heuristic": heuristic}
@@ -226,15 +293,41 @@ def search(problem: Problem, *, time_budget_s: float = 30.0, max_steps: int = 20
     meshes = candidate_meshes(problem.hardware)
     options = {m.name: _options(problem, m, meshes) for m in problem.mfcs}
     names = [m.name for m in problem.mfcs if len(options[m.name]) > 1]
-    evaluated, step = len(feasible), 0
+    # Each MFC's options that fit alone, fastest alone first: the moves worth a simulation.
+    ranked = {m.name: _ranked(problem, m, options[m.name]) for m in problem.mfcs}
+    evaluated = len(feasible)
+
+    def better(candidate) -> bool:
+        nonlocal current, current_time, best, best_result, evaluated
+        r = problem.evaluate(candidate)
+        evaluated += 1
+        if r.feasible and r.iteration_time < current_time:
+            current, current_time = candidate, r.iteration_time
+            if r.iteration_time < best_result.iteration_time:
+                best, best_result = dict(candidate), r
+            return True
+        return False
+
+    # Greedy first: for every MFC in turn, its TOP fastest-alone options in the current plan.
+    for _ in range(2):
+        for name in names:
+            for a in ranked[name][:TOP]:
+                if time.time() - t0 > time_budget_s / 2:
+                    break
+                if a != current[name]:
+                    better(dict(current, **{name: a}))
+    step = 0
     while names and step < max_steps and time.time() - t0 < time_budget_s:
-        frac = step / max_steps
+        frac = max(step / max_steps, (time.time() - t0) / time_budget_s)
         temperature = t_start * (t_end / t_start) ** frac   # relative to the current iteration time
         name = rng.choice(names)
         candidate = dict(current)
-        if rng.random() < 0.5:   # same mesh, another strategy
+        move = rng.random()
+        if move < 0.4:   # same mesh, another strategy
             same = [a for a in options[name] if a.mesh == current[name].mesh and a != current[name]]
             candidate[name] = rng.choice(same) if same else rng.choice(options[name])
+        elif move < 0.8 and ranked[name]:   # one of the fastest alone
+            candidate[name] = rng.choice(ranked[name][:4 * TOP])
         else:
             candidate[name] = rng.choice(options[name])
         step += 1

@@ -42,6 +42,7 @@ class ModelSpec:
     seed: int = 0                       # initialisation seed of a fresh model (and of a new value head)
     optimizer: Any = None               # real_ext.model.train.OptimConfig when the model trains
     tokenizer: str | None = None        # folder whose tokenizer files HF saves carry (default: path)
+    activation_checkpointing: bool = False   # recompute block activations in training's backward
 
     def model_config(self) -> ModelConfig:
         if (self.path is None) == (self.config is None):

@@ -85,6 +85,7 @@ class Worker:
                                               device=self.device, seed=spec.seed)
             if spec.tokenizer is not None:
                 model.source_path = spec.tokenizer   # save_pretrained copies the tokenizer files from here
+            model.activation_checkpointing = spec.activation_checkpointing
             self.models[(name, layout_key(allocation))] = model
             if spec.optimizer is not None:
                 self.trainers[name] = Trainer(model, spec.optimizer)

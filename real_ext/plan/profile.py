@@ -1,0 +1,340 @@
+"""Measure this machine for ProfiledCost, with real_ext's own model code, in
+one process (plus two spawned gloo processes for the links):
+
+- one transformer block: forward, and forward + backward, vs tokens;
+- the outer part (embedding, final norm, log-prob or value head) vs tokens;
+- a decode step of real_ext.generation.generate vs batch, split into a
+  per-block part and a fixed part by timing a 1-block and a 4L-block model;
+- the optimizer (Trainer's clipping + AdamW) vs parameter count;
+- gloo point-to-point and all-reduce between two local processes on
+  127.0.0.1, fitted as latency + bytes / bandwidth;
+- matmul FLOP/s and copy bandwidth, RAM and core count, for the Hardware.
+
+    python -m real_ext.plan.profile profile.json          # ~30-60 s
+    cost = ProfiledCost.from_json("profile.json")
+
+Times are the least of several samples (see _timeit) at ``threads``
+threads (1: what each local worker process gets, see runtime/launcher.py),
+in float32.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import queue as queue_module
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from real_ext.model import ModelConfig, ReaLModel
+from real_ext.model.logprob import next_token_targets
+from real_ext.model.train import OptimConfig, Trainer
+
+SEQ_LEN = 64                 # tokens per packed sequence in the block and head timings
+DECODE_PROMPT = 8            # prompt tokens per sequence when timing decode
+DECODE_STEPS = (2, 26)       # generate this many new tokens; the difference gives the per-step time
+MIN_SAMPLE_S = 0.002         # calls shorter than this are looped within one sample (timer resolution)
+MIN_TOTAL_S = 0.15           # more than ``repeats`` samples while they add up to less than this
+COMM_SIZES = (8, 1 << 10, 1 << 16, 1 << 20, 1 << 24)   # bytes
+
+
+def _timeit(fn, repeats: int) -> float:
+    """Seconds per call: the least of at least ``repeats`` samples (more for
+    short calls), after one warm-up call. Machines here are shared; other
+    processes only ever add time, so the least sample is the most
+    reproducible estimate of what the code costs."""
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    n = max(1, int(MIN_SAMPLE_S / max(once, 1e-9)))
+    samples = []
+    while len(samples) < repeats or (sum(samples) * n < MIN_TOTAL_S and len(samples) < 20 * repeats):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - start) / n)
+    return min(samples)
+
+
+def packed_batch(config: ModelConfig, tokens: int, seq_len: int = SEQ_LEN, seed: int = 0):
+    """(input_ids, cu_seqlens): ``tokens`` random tokens in sequences of
+    ``seq_len`` (the last one shorter when it does not divide)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, (tokens,), generator=g)
+    lengths = [seq_len] * (tokens // seq_len) + ([tokens % seq_len] if tokens % seq_len else [])
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    return ids, cu
+
+
+def _with_layers(config: ModelConfig, n: int) -> ModelConfig:
+    return dataclasses.replace(config, num_layers=n)
+
+
+def _clear_grads(model):
+    for p in model.parameters():
+        p.grad = None
+
+
+def _profile_blocks(model, token_grid, repeats) -> dict:
+    block = next(iter(model.model.layers.values()))
+    out = {"seq_len": SEQ_LEN, "tokens": list(token_grid), "forward_s": [], "forward_backward_s": []}
+    for tokens in token_grid:
+        ids, cu = packed_batch(model.config, tokens)
+        info = model.packed_info(cu)
+        with torch.no_grad():
+            x = model.embed(ids, info)
+        grad = torch.randn_like(x)
+
+        def forward():
+            with torch.no_grad():
+                block(x, info, None)
+
+        def forward_backward():
+            block(x.detach().requires_grad_(), info, None).backward(grad)
+            _clear_grads(block)
+        out["forward_s"].append(_timeit(forward, repeats))
+        out["forward_backward_s"].append(_timeit(forward_backward, repeats))
+    return out
+
+
+def outer_pass(model, ids, cu):
+    """What a forward does besides the blocks: rope tables, embedding, final
+    norm, and the head (next-token log-probs, or values)."""
+    info = model.packed_info(cu)
+    hidden = model.final_hidden(model.embed(ids, info))
+    if model.head == "value":
+        return model.head_output(hidden)
+    targets, _ = next_token_targets(ids, cu)
+    return model.token_logprobs(hidden, targets)
+
+
+def _profile_head(models: dict, token_grid, repeats) -> dict:
+    out = {"tokens": list(token_grid)}
+    for name, model in models.items():
+        fwd, fwd_bwd = [], []
+        for tokens in token_grid:
+            ids, cu = packed_batch(model.config, tokens)
+
+            def forward():
+                with torch.no_grad():
+                    outer_pass(model, ids, cu)
+
+            def forward_backward():
+                outer_pass(model, ids, cu).sum().backward()
+                _clear_grads(model)
+            fwd.append(_timeit(forward, repeats))
+            fwd_bwd.append(_timeit(forward_backward, repeats))
+        out[f"{name}_forward_s"], out[f"{name}_forward_backward_s"] = fwd, fwd_bwd
+    return out
+
+
+def _decode_step_time(model, batch: int, repeats: int) -> float:
+    from real_ext.generation import GenerationConfig, generate
+    g = torch.Generator().manual_seed(batch)
+    prompts = torch.randint(0, model.config.vocab_size, (batch, DECODE_PROMPT), generator=g).tolist()
+    short, long = (GenerationConfig(max_new_tokens=n, seed=0) for n in DECODE_STEPS)
+    t_short = _timeit(lambda: generate(model, prompts, short), repeats)
+    t_long = _timeit(lambda: generate(model, prompts, long), repeats)
+    return max(t_long - t_short, 1e-9) / (DECODE_STEPS[1] - DECODE_STEPS[0])
+
+
+def _profile_decode(config: ModelConfig, batches, repeats) -> dict:
+    """Per-block and fixed (embedding, head, sampling, bookkeeping) parts of a
+    decode step: t(n) = fixed + n * block, from models of 1 and 4L blocks (a
+    wide gap, so that timing noise hardly moves the split)."""
+    if config.max_positions < DECODE_PROMPT + DECODE_STEPS[1]:
+        raise ValueError(f"profiling decode needs a context of {DECODE_PROMPT + DECODE_STEPS[1]} tokens; the model "
+                         f"has max_position_embeddings={config.max_positions}")
+    deep = 4 * config.num_layers
+    one, many = (ReaLModel.from_config(_with_layers(config, n)) for n in (1, deep))
+    out = {"batch": list(batches), "context": DECODE_PROMPT + sum(DECODE_STEPS) / 2, "layer_s": [], "fixed_s": []}
+    for b in batches:
+        t1, tl = _decode_step_time(one, b, repeats), _decode_step_time(many, b, repeats)
+        # Noise can make the difference negative on tiny models; a block costs something.
+        layer = max((tl - t1) / (deep - 1), 0.02 * tl / deep)
+        out["layer_s"].append(layer)
+        out["fixed_s"].append(max(t1 - layer, 0.02 * t1))
+    return out
+
+
+def _profile_optimizer(config: ModelConfig, repeats) -> dict:
+    out = {"params": [], "step_s": []}
+    for n in sorted({1, config.num_layers, 4 * config.num_layers}):
+        trainer = Trainer(ReaLModel.from_config(_with_layers(config, n)), OptimConfig(lr=1e-5))
+
+        def step():
+            # The per-update work of Trainer.train_step after the backward and the all-reduce.
+            trainer.grad.normal_(std=1e-3)
+            trainer._clip()
+            trainer._adamw(1e-5)
+        # normal_ is not part of the update: time it alone and subtract.
+        fill = _timeit(lambda: trainer.grad.normal_(std=1e-3), repeats)
+        out["params"].append(trainer.grad.numel())
+        out["step_s"].append(max(_timeit(step, repeats) - fill, 1e-9))
+    return out
+
+
+def _machine(threads: int, repeats: int) -> dict:
+    a = torch.randn(1024, 1024)
+    matmul = _timeit(lambda: a @ a, repeats)
+    src = torch.randn(1 << 24)
+    dst = torch.empty_like(src)
+    copy = _timeit(lambda: dst.copy_(src), repeats)
+    return {"cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            "matmul_flops": 2 * 1024 ** 3 / matmul, "mem_bw": 2 * src.numel() * 4 / copy}
+
+
+# ------------------------------------------------------------ links
+
+def _iterations(nbytes: int) -> int:
+    """The same on both ranks (collectives must match), about 48 MiB moved per size."""
+    return max(3, min(100, 3 * (1 << 24) // nbytes))
+
+
+def _comm_worker(rank: int, port: int, threads: int, queue):
+    torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=2)
+        p2p, ar = [], []
+        for nbytes in COMM_SIZES:
+            x = torch.zeros(max(1, nbytes // 4))
+            n = _iterations(nbytes)
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(n):  # ping-pong: half a round trip is one message
+                if rank == 0:
+                    dist.send(x, 1)
+                    dist.recv(x, 1)
+                else:
+                    dist.recv(x, 0)
+                    dist.send(x, 0)
+            p2p.append((time.perf_counter() - start) / (2 * n))
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(n):
+                dist.all_reduce(x)
+            ar.append((time.perf_counter() - start) / n)
+        if rank == 0:
+            queue.put(("ok", p2p, ar))
+    except BaseException as e:  # noqa: BLE001 (reported to the parent)
+        queue.put(("error", repr(e), None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fit(sizes, times) -> dict:
+    """latency = the smallest message's time; bandwidth from the two largest."""
+    bw = (sizes[-1] - sizes[-2]) / max(times[-1] - times[-2], 1e-12)
+    return {"bytes": list(sizes), "s": list(times), "latency": times[0], "bw": bw}
+
+
+def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_comm_worker, args=(r, port, threads, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                status, p2p, ar = queue.get(timeout=0.5)
+                break
+            except queue_module.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"the gloo profiling process {dead[0][0]} exited with code {dead[0][1]} before "
+                                       f"reporting; a script calling run_profile must guard its entry point with "
+                                       f"`if __name__ == '__main__':` (spawned processes re-import it)") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"profiling gloo between two local processes took over {timeout:.0f} s") \
+                        from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    if status != "ok":
+        raise RuntimeError(f"profiling gloo between two local processes failed: {p2p}")
+    sizes = [max(1, n // 4) * 4 for n in COMM_SIZES]
+    return {"p2p": _fit(sizes, p2p), "all_reduce": _fit(sizes, ar)}
+
+
+# ------------------------------------------------------------ entry point
+
+def run_profile(out_json: str, *, model_config: dict | ModelConfig | None = None,
+                token_grid=(64, 256, 1024, 4096), decode_batches=(1, 8, 32, 128), repeats: int = 3,
+                threads: int = 1) -> dict:
+    """Profile this machine (see the module docstring), write the JSON to
+    ``out_json`` and return it. ``model_config``: a ModelConfig or a Hugging
+    Face config dict (default: the sort task's "tiny" model)."""
+    if model_config is None:
+        from real_ext.tasks import get_task
+        model_config = get_task("sort").model_config("tiny")
+    config = model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_hf_dict(model_config)
+    if not token_grid or min(token_grid) < 1 or not decode_batches or min(decode_batches) < 1 or repeats < 1:
+        raise ValueError(f"run_profile needs non-empty token_grid and decode_batches of positive sizes and repeats "
+                         f">= 1; got {token_grid}, {decode_batches}, {repeats}")
+    token_grid, decode_batches = sorted(set(token_grid)), sorted(set(decode_batches))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        models = {head: ReaLModel.from_config(config, head=head) for head in ("lm", "value")}
+        profile = {
+            "version": 1,
+            "machine": _machine(threads, repeats),
+            "model_config": dataclasses.asdict(config),
+            "dtype": "float32",
+            "layer": _profile_blocks(models["lm"], token_grid, repeats),
+            "head": _profile_head(models, token_grid, repeats),
+            "decode": _profile_decode(config, decode_batches, repeats),
+            "optimizer": _profile_optimizer(config, repeats),
+            "comm": _profile_comm(threads),
+        }
+        profile["seconds"] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    if os.path.dirname(out_json):
+        os.makedirs(os.path.dirname(out_json), exist_ok=True)
+    with open(out_json, "w") as f:
+        json.dump(profile, f, indent=1)
+    return profile
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_json")
+    p.add_argument("--size", default="tiny", help="the sort task's model size to profile (tiny, small)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    from real_ext.tasks import get_task
+    prof = run_profile(args.out_json, model_config=get_task("sort").model_config(args.size), repeats=args.repeats,
+                       threads=args.threads)
+    m, c = prof["machine"], prof["comm"]
+    print(f"{args.out_json}: {prof['seconds']:.0f} s; {m['cpu_count']} cores, matmul {m['matmul_flops'] / 1e9:.1f} "
+          f"GFLOP/s, copy {m['mem_bw'] / 1e9:.1f} GB/s, gloo p2p {c['p2p']['latency'] * 1e6:.0f} us + "
+          f"{c['p2p']['bw'] / 1e9:.2f} GB/s, all-reduce {c['all_reduce']['latency'] * 1e6:.0f} us + "
+          f"{c['all_reduce']['bw'] / 1e9:.2f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
