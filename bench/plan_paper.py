@@ -115,7 +115,11 @@ def _draw(throughput: dict, path: str, gpu: str) -> None:
     labels = {"symmetric": "DeepSpeed-Chat shape", "disjoint": "OpenRLHF shape", "searched": "ReaL (searched)"}
     width = 0.8 / len(shapes)
     for i, k in enumerate(shapes):
-        ax.bar([x + i * width for x in range(len(sizes))], [throughput[s][k] for s in sizes], width, label=labels[k])
+        xs = [x + i * width for x in range(len(sizes))]
+        ax.bar(xs, [throughput[s][k] for s in sizes], width, label=labels[k])
+        for x, s in zip(xs, sizes):
+            if throughput[s][k] == 0:   # no plan of this shape fits the memory
+                ax.text(x, 0, "does not\nfit", ha="center", va="bottom", fontsize="x-small")
     ax.set_xticks([x + width for x in range(len(sizes))],
                   [f"{s}\n{n * 8} GPUs" for s, n in SCALES])
     ax.set_ylabel("estimated tokens / s")

@@ -38,6 +38,10 @@ class Hardware:
     mfu: float = 0.5              # efficiency of large matmuls (training/prefill)
     decode_bw_eff: float = 0.6    # fraction of mem_bw reached by decoding
     shared_cores: int | None = None  # CPU only: all workers share this many cores
+    # The runtime's fixed cost per operation (master -> workers -> reply). GPU
+    # clusters: an assumption (a pickled message each way over TCP plus Python
+    # dispatch, about a millisecond); CPU workers: measured by the profile.
+    op_latency: float = 1e-3
 
     def __post_init__(self):
         if self.n_nodes < 1 or self.gpus_per_node < 1:
@@ -141,4 +145,4 @@ def cpu_hardware(profile, n_workers: int) -> Hardware:
     return Hardware(name="CPU", n_nodes=1, gpus_per_node=n_workers, peak_flops=machine["matmul_flops"],
                     mem_bw=machine["mem_bw"], mem_bytes=machine["ram_bytes"] // n_workers,
                     intra_bw=p2p["bw"], inter_bw=p2p["bw"], latency=p2p["latency"], mfu=1.0, decode_bw_eff=1.0,
-                    shared_cores=machine["cpu_count"])
+                    shared_cores=machine["cpu_count"], op_latency=profile.get("runtime", {}).get("op_latency", 0.0))

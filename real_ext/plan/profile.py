@@ -278,6 +278,33 @@ def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
 
 # ------------------------------------------------------------ entry point
 
+def _profile_runtime_ops(threads: int, n_workers: int = 4, n_ops: int = 40) -> dict:
+    """The runtime's fixed cost of one operation: the master sends an op to
+    every worker, each executes it (a clear, nearly nothing) and replies;
+    measured over ``n_ops`` ops one after another on ``n_workers`` real
+    workers (real_ext/runtime/launcher.py). The simulator adds it to every
+    operation it schedules."""
+    from real_ext.runtime import ops
+    from real_ext.runtime.launcher import LocalLauncher
+    from real_ext.runtime.worker import Setup
+    launcher = LocalLauncher(n_workers, Setup({}, [], {}, {}), threads_per_worker=threads)
+    try:
+        def one(i):
+            op = ops.Op(i, ops.CLEAR, "clear", tuple(range(n_workers)), {})
+            for rank in op.participants:
+                launcher.send(rank, op)
+            for _ in op.participants:
+                launcher.receive(timeout=60.0)
+        for i in range(5):   # warm-up
+            one(i)
+        start = time.perf_counter()
+        for i in range(n_ops):
+            one(5 + i)
+        return {"op_latency": (time.perf_counter() - start) / n_ops, "workers": n_workers}
+    finally:
+        launcher.close()
+
+
 def run_profile(out_json: str, *, model_config: dict | ModelConfig | None = None,
                 token_grid=(64, 256, 1024, 4096), decode_batches=(1, 8, 32, 128), repeats: int = 3,
                 threads: int = 1) -> dict:
@@ -308,6 +335,7 @@ def run_profile(out_json: str, *, model_config: dict | ModelConfig | None = None
             "decode": _profile_decode(config, decode_batches, repeats),
             "optimizer": _profile_optimizer(config, repeats),
             "comm": _profile_comm(threads),
+            "runtime": _profile_runtime_ops(threads),
         }
         profile["seconds"] = time.perf_counter() - start
     finally:

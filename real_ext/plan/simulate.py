@@ -195,6 +195,7 @@ class _Simulation:
     # ------------------------------------------------------------ the master
 
     def _add(self, kind, name, workers, seconds, iteration, mfc=None, memory="", hold=None, drop=None) -> _Op:
+        seconds += self.hw.op_latency   # every operation is a message to its workers and a reply
         op = _Op(self.next_id, kind, name, tuple(sorted(workers)), seconds, iteration, mfc, memory, hold or {},
                  drop or {}, remaining=seconds)
         self.next_id += 1
