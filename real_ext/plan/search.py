@@ -5,15 +5,16 @@ Device meshes are those of the ReaL paper: a power-of-two, aligned slice of
 one node's workers, or an aligned run of whole nodes (a power of two of
 them). Strategies on a mesh of n workers: every dp * tp * pp = n with tp
 within a node and dividing the heads, pp at most the layers, dp dividing the
-batch; training gets micro-batches in {pp, 2 pp}, other calls one per stage.
+batch, and a power-of-two number of micro-batches from pp up to 64 (fewer
+when a rank has fewer sequences).
 
 From the best baseline, a greedy pass tries for each MFC its options that are
 fastest alone (by the cost model, no simulation) and keeps what the
 simulator says is better; then simulated annealing: a move re-draws one
 MFC's strategy on its mesh, one of its fastest-alone options, or any option;
 worse plans are taken with probability exp(-delta / T), T falling
-geometrically over the time budget; infeasible plans
-(memory) are never taken, so the result is never infeasible and never worse
+geometrically over the time budget; infeasible plans (memory) are never
+taken, so the result is never infeasible and never worse
 than the baselines it started from. Baselines, named as in the paper:
 symmetric (every MFC on all workers, one strategy: DeepSpeed-Chat's shape),
 disjoint (each model on its own workers, split by compute: OpenRLHF's shape)
