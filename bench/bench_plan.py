@@ -6,12 +6,15 @@ searched plan run and compared with the symmetric and disjoint baselines.
 
     python bench/bench_plan.py [--steps 10] [--profile runs/profile.json] [--search-time 20]
 
-Prints a markdown table: measured and simulated seconds per step per
-allocation, the error, the median error, and the searched plan's measured
-speed-up over the baselines.
+Prints, per allocation, each MFC's measured (runtime trace) and simulated
+run time, then a markdown table: measured and simulated seconds per step,
+the error, the median error, and the searched plan's measured speed-up over
+the baselines. `--workers 1` puts every MFC on one worker: the cost model
+alone, without workers sharing cores.
 """
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import tempfile
@@ -57,13 +60,30 @@ def config(allocations: dict, out: str) -> ExperimentConfig:
     return dataclasses.replace(c, allocations=dict(allocations))
 
 
-def measure(c: ExperimentConfig, steps: int) -> float:
-    import json
+def measure(c: ExperimentConfig, steps: int) -> tuple[float, dict[str, float]]:
+    """Mean seconds per step after the first two, and each MFC's median run
+    time (its spans in the runtime's trace, longest worker per call)."""
     c = dataclasses.replace(c, steps=steps)
     run_experiment(c, console=open(os.devnull, "w"))
     with open(os.path.join(c.out, "stats.jsonl")) as f:
         times = [json.loads(line)["time_s"] for line in f if '"time_s"' in line]
-    return statistics.mean(times[2:])
+    with open(os.path.join(c.out, "trace.json")) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X" and e["cat"] == "run"]
+    return statistics.mean(times[2:]), _median_runs((e["name"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
+                                                    for e in events)
+
+
+def _median_runs(spans) -> dict[str, float]:
+    """MFC name -> median duration of its calls; a call's spans on several
+    workers (same name, overlapping) count once, as the longest."""
+    calls: dict[str, list[list[float]]] = {}
+    for name, start, end in sorted(spans, key=lambda s: s[1]):
+        mine = calls.setdefault(name, [])
+        if mine and start < mine[-1][1]:
+            mine[-1][1] = max(mine[-1][1], end)
+        else:
+            mine.append([start, end])
+    return {name: statistics.median(e - s for s, e in c[2:] or c) for name, c in calls.items()}
 
 
 def main():
@@ -71,7 +91,13 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--profile", default="runs/profile.json")
     p.add_argument("--search-time", type=float, default=20.0)
+    p.add_argument("--workers", type=int, choices=(1, 4), default=4)
     args = p.parse_args()
+    if args.workers == 1:
+        EXPERIMENT["n_workers"] = 1
+        HAND.clear()
+        HAND["one worker"] = {n: A((0,)) for n in ("actor_gen", "reward_inf", "ref_inf", "critic_inf",
+                                                 "actor_train", "critic_train")}
     tmp = tempfile.mkdtemp(prefix="bench_plan_")
     base = resolve(dataclasses.replace(config({}, tmp), plan=dataclasses.replace(
         from_dict(ExperimentConfig, dict(EXPERIMENT)).plan, profile=args.profile)))
@@ -81,25 +107,32 @@ def main():
 
     def compare(name, allocations):
         c = resolve(config(allocations, os.path.join(tmp, name.replace(" ", "_").replace("/", "_"))))
-        simulated = problem.evaluate(c.allocations).iteration_time
-        measured = measure(c, args.steps)
-        rows.append((name, measured, simulated))
-        print(f"{name}: measured {measured:.3f} s/step, simulated {simulated:.3f}", flush=True)
+        sim = problem.evaluate(c.allocations)
+        measured, mfc_measured = measure(c, args.steps)
+        rows.append((name, measured, sim.iteration_time))
+        mfc_sim = _median_runs((n, s, e) for _, kind, n, s, e in sim.spans if kind == "run")
+        print(f"{name}: measured {measured:.3f} s/step, simulated {sim.iteration_time:.3f}; per MFC measured/"
+              f"simulated: " + ", ".join(f"{n} {mfc_measured[n]:.3f}/{mfc_sim[n]:.3f}" for n in mfc_sim
+                                         if n in mfc_measured), flush=True)
         return measured
 
     for name, allocations in HAND.items():
         compare(name, allocations)
-    found = search(problem, time_budget_s=args.search_time)
-    searched = compare("searched", found.allocations)
-    measured_sym = compare("symmetric baseline (search's)", symmetric(problem)[0])
-    measured_dis = compare("disjoint baseline (search's)", disjoint(problem)[0])
+    found = None
+    if args.workers > 1:   # on one worker there is nothing to search
+        found = search(problem, time_budget_s=args.search_time)
+        searched = compare("searched", found.allocations)
+        measured_sym = compare("symmetric baseline (search's)", symmetric(problem)[0])
+        measured_dis = compare("disjoint baseline (search's)", disjoint(problem)[0])
     errors = [abs(s - m) / m for _, m, s in rows]
     print("\n| allocation | measured s/step | simulated s/step | error |\n|---|---|---|---|")
     for (name, m, s), e in zip(rows, errors):
         print(f"| {name} | {m:.3f} | {s:.3f} | {e:+.0%} |".replace("+", ""))
-    print(f"\nmedian error {statistics.median(errors):.0%} over {len(rows)} allocations; searched plan measured "
-          f"{measured_sym / searched:.2f}x the symmetric and {measured_dis / searched:.2f}x the disjoint baseline")
-    print("\nsearched allocations:")
+    print(f"\nmedian error {statistics.median(errors):.0%} over {len(rows)} allocations")
+    if found is None:
+        return
+    print(f"searched plan measured {measured_sym / searched:.2f}x the symmetric and {measured_dis / searched:.2f}x "
+          f"the disjoint baseline\n\nsearched allocations:")
     for name, a in found.allocations.items():
         print(f"  {name}: mesh {list(a.mesh)} dp={a.dp} tp={a.tp} pp={a.pp} mb={a.n_microbatches}")
 
