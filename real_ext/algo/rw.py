@@ -11,7 +11,7 @@ import dataclasses
 import torch.nn.functional as F
 
 from real_ext.algo.common import train_minibatches
-from real_ext.algo.supervised import Supervised, check_config
+from real_ext.algo.supervised import Supervised, SupervisedConfig
 from real_ext.data.packed import PackedBatch
 from real_ext.runtime.spec import MFCSpec
 
@@ -49,14 +49,8 @@ def rw_step(ctx) -> dict:
 
 
 @dataclasses.dataclass
-class RWConfig:
-    batch_size: int                  # pairs per step
-    allocations: dict                # "rw_train" -> Allocation
-    n_minibatches: int = 1           # optimizer updates per step
-    shuffle_seed: int | None = None  # None: the dataset in order; else a fresh permutation every epoch
-
-    def __post_init__(self):
-        check_config(self)
+class RWConfig(SupervisedConfig):
+    """batch_size: pairs per step; allocations: "rw_train"."""
 
 
 class RW(Supervised):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from real_ext.algo.common import action_mask, masked_mean, policy_logprobs, train_minibatches
-from real_ext.algo.supervised import Supervised, check_config
+from real_ext.algo.supervised import Supervised, SupervisedConfig
 from real_ext.runtime.spec import MFCSpec
 
 
@@ -20,14 +20,8 @@ def sft_step(ctx) -> dict:
 
 
 @dataclasses.dataclass
-class SFTConfig:
-    batch_size: int                  # samples (prompts with their answers) per step
-    allocations: dict                # "actor_train" -> Allocation
-    n_minibatches: int = 1           # optimizer updates per step
-    shuffle_seed: int | None = None  # None: the dataset in order; else a fresh permutation every epoch
-
-    def __post_init__(self):
-        check_config(self)
+class SFTConfig(SupervisedConfig):
+    """batch_size: prompts with their answers per step; allocations: "actor_train"."""
 
 
 class SFT(Supervised):

@@ -4,6 +4,8 @@ completions.py), so the master only picks sample ids and passes the
 workers' statistics through."""
 from __future__ import annotations
 
+import dataclasses
+
 from real_ext.algo.common import prompts_for_step
 from real_ext.runtime.spec import AllocationError, MFCSpec
 
@@ -19,6 +21,18 @@ def check_config(config) -> None:
     if not isinstance(config.allocations, dict):
         raise ValueError(f"{name}.allocations must be a dict of MFC name -> Allocation, "
                          f"got {type(config.allocations).__name__}")
+
+
+@dataclasses.dataclass
+class SupervisedConfig:
+    """The fields of SFT and reward modelling (subclassed so errors name the algorithm's config)."""
+    batch_size: int                  # samples per step (prompts with their answers, or pairs)
+    allocations: dict                # MFC name -> Allocation
+    n_minibatches: int = 1           # optimizer updates per step
+    shuffle_seed: int | None = None  # None: the dataset in order; else a fresh permutation every epoch
+
+    def __post_init__(self):
+        check_config(self)
 
 
 class Supervised:

@@ -291,8 +291,7 @@ def _algorithm(c: ExperimentConfig, eos: int | None):
             GenerationConfig(**gen)
         except ValueError as e:
             raise ConfigError(f"generation: {e}") from None
-    fields = {f.name for f in dataclasses.fields(a)}
-    common = {k: v for k, v in dataclasses.asdict(a).items() if k in fields}
+    common = dataclasses.asdict(a)
     if c.experiment == "ppo":
         return algo.PPO(algo.PPOConfig(**common, generation=gen, allocations=alloc, shuffle_seed=shuffle))
     if c.experiment in ("grpo", "remax"):

@@ -298,16 +298,19 @@ def search(problem: Problem, *, time_budget_s: float = 30.0, max_steps: int = 20
     ranked = {m.name: _ranked(problem, m, options[m.name]) for m in problem.mfcs}
     evaluated = len(feasible)
 
-    def better(candidate) -> bool:
+    def consider(candidate, temperature: float = 0.0) -> None:
+        """Move to ``candidate`` if it is feasible and better, or (annealing)
+        worse by delta with probability exp(-delta / temperature)."""
         nonlocal current, current_time, best, best_result, evaluated
         r = problem.evaluate(candidate)
         evaluated += 1
-        if r.feasible and r.iteration_time < current_time:
+        if not r.feasible:
+            return
+        delta = (r.iteration_time - current_time) / current_time
+        if delta < 0 or (temperature > 0 and rng.random() < math.exp(-delta / temperature)):
             current, current_time = candidate, r.iteration_time
             if r.iteration_time < best_result.iteration_time:
                 best, best_result = dict(candidate), r
-            return True
-        return False
 
     # Greedy first: for every MFC in turn, its TOP fastest-alone options in the current plan.
     for _ in range(2):
@@ -316,7 +319,7 @@ def search(problem: Problem, *, time_budget_s: float = 30.0, max_steps: int = 20
                 if time.time() - t0 > time_budget_s / 2:
                     break
                 if a != current[name]:
-                    better(dict(current, **{name: a}))
+                    consider(dict(current, **{name: a}))
     step = 0
     while names and step < max_steps and time.time() - t0 < time_budget_s:
         frac = max(step / max_steps, (time.time() - t0) / time_budget_s)
@@ -332,13 +335,5 @@ def search(problem: Problem, *, time_budget_s: float = 30.0, max_steps: int = 20
         else:
             candidate[name] = rng.choice(options[name])
         step += 1
-        r = problem.evaluate(candidate)
-        evaluated += 1
-        if not r.feasible:
-            continue
-        delta = (r.iteration_time - current_time) / current_time
-        if delta <= 0 or rng.random() < math.exp(-delta / temperature):
-            current, current_time = candidate, r.iteration_time
-            if r.iteration_time < best_result.iteration_time:
-                best, best_result = dict(candidate), r
+        consider(candidate, temperature)
     return SearchResult(best, best_result, baselines, evaluated, time.time() - t0)
