@@ -142,10 +142,16 @@ class Master:
                evaluating: bool) -> dict[int, list[int]]:
         """Samples per worker: a token-balanced contiguous split over the dp ranks
         (each with at least one sequence per mini-batch); every worker of a dp
-        rank gets that rank's samples. Lengths are those MFCs reported, else the
-        dataset's."""
+        rank gets that rank's samples. A generation's work per prompt is its
+        samples grown to at most max_new_tokens (new tokens dominate, so this is
+        nearly an even count); other MFCs' is the tokens earlier MFCs reported,
+        else the dataset's."""
         layout = mfc.allocation.layout
-        lengths = [sum(state.meta.get(s, {}).get("lengths") or dataset.lengths(s)) for s in samples]
+        if mfc.interface == "generate":
+            gen = mfc.args["generation"]
+            lengths = [(sum(dataset.lengths(s)) + gen["max_new_tokens"]) * gen.get("n_samples", 1) for s in samples]
+        else:
+            lengths = [sum(state.meta.get(s, {}).get("lengths") or dataset.lengths(s)) for s in samples]
         cuts = balanced_cuts(lengths, layout.dp, 1 if evaluating else mfc.min_per_rank)
         per_dp = [samples[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
         return {rank: per_dp[layout.coord(rank).dp] for rank in layout.mesh}
