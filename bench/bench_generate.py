@@ -6,8 +6,13 @@ sequence (over the torch.mm rate measured here), whichever is slower; prefill
 does 2 * params FLOPs per prompt token. "x vs HF at floor" is how fast the
 floor itself is against HF: no implementation can beat that ratio.
 
+On CUDA, ours runs twice: decode steps replayed from CUDA graphs (the
+default) and launched eagerly ("ours eager"). "ours GB/s": the bytes a decode
+step must read (all weights, plus the KV cache of every running sequence)
+over our decode time, against the copy bandwidth measured here.
+
     python bench/bench_generate.py                 # CPU: 16 and 64 prompts, 128 new tokens
-    python bench/bench_generate.py --device cuda --dtype bfloat16
+    python bench/bench_generate.py --device cuda --dtype bfloat16 --model 0.5b
 """
 import argparse
 import os
@@ -20,16 +25,33 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import copy_bandwidth, emit, machine, markdown_table, matmul_ceiling  # noqa: E402
 
-from bench_model import CONFIG  # noqa: E402  (the same ~33M-parameter LLaMA)
+from bench_model import CONFIG as SMALL  # noqa: E402  (the training-step bench's ~33M-parameter LLaMA)
 
 from real_ext.generation import GenerationConfig, generate  # noqa: E402
 from real_ext.model import ReaLModel  # noqa: E402
 
 
-def prompts_for(n, args):
+MODELS = {
+    "32m": SMALL,
+    # ~0.44B parameters: the size class of Qwen2-0.5B, with LLaMA's layout.
+    "0.5b": dict(model_type="llama", vocab_size=32000, hidden_size=1024, intermediate_size=4096,
+                 num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
+                 tie_word_embeddings=False),
+}
+
+
+def prompts_for(n, args, vocab):
     g = torch.Generator().manual_seed(n)
     lengths = torch.randint(args.min_len, args.max_len + 1, (n,), generator=g).tolist()
-    return [torch.randint(3, CONFIG["vocab_size"], (k,), generator=g).tolist() for k in lengths]
+    return [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
+
+
+def timed(device, fn):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
 
 
 def sync(device):
@@ -52,6 +74,7 @@ def run_hf(model, prompts, new_tokens, device):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default="32m", choices=sorted(MODELS))
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batches", default="16,64")
     p.add_argument("--min-len", type=int, default=16)
@@ -61,52 +84,61 @@ def main():
     args = p.parse_args()
     import transformers
     dtype = getattr(torch, args.dtype)
+    config = MODELS[args.model]
     with tempfile.TemporaryDirectory() as path:
         torch.manual_seed(0)
-        hf_config = transformers.LlamaConfig(**{k: v for k, v in CONFIG.items() if k != "model_type"})
-        transformers.LlamaForCausalLM(hf_config).save_pretrained(path)
+        hf_config = transformers.LlamaConfig(**{k: v for k, v in config.items() if k != "model_type"})
+        with torch.device(args.device):  # random init where it is fast
+            transformers.LlamaForCausalLM(hf_config).save_pretrained(path)
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         hf = hf.to(args.device).eval()
         hf.generation_config.eos_token_id = None
         ours = ReaLModel.from_pretrained(path, dtype=dtype, device=args.device)
     params = sum(t.numel() for t in hf.parameters())
-    weight_bytes = params * torch.empty((), dtype=dtype).element_size()
+    elem = torch.empty((), dtype=dtype).element_size()
+    weight_bytes = params * elem
+    kv_token_bytes = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * elem * (
+        config["hidden_size"] // config["num_attention_heads"])
     bandwidth, flops = copy_bandwidth(args.device), matmul_ceiling(args.device, dtype)
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, greedy=True)
+    eager = args.device == "cuda"
     rows = []
     for n in [int(b) for b in args.batches.split(",")]:
-        prompts = prompts_for(n, args)
-        generate(ours, prompts[:2], GenerationConfig(max_new_tokens=4, greedy=True))  # warm-up
-        sync(args.device)
-        t0 = time.perf_counter()
-        ours_out = generate(ours, prompts, cfg).output_ids
-        sync(args.device)
-        t_ours = time.perf_counter() - t0
+        prompts = prompts_for(n, args, config["vocab_size"])
+        generate(ours, prompts, GenerationConfig(max_new_tokens=4, greedy=True))  # warm-up (graph capture)
+        ours_out, t_ours = timed(args.device, lambda: generate(ours, prompts, cfg).output_ids)
+        if eager:
+            no_graphs = GenerationConfig(**{**cfg.__dict__, "cuda_graphs": False})
+            eager_out, t_eager = timed(args.device, lambda: generate(ours, prompts, no_graphs).output_ids)
+            assert eager_out == ours_out or args.dtype != "float32", "CUDA-graph and eager decoding disagree"
         with torch.no_grad():
             run_hf(hf, prompts[:2], 4, args.device)
-            sync(args.device)
-            t0 = time.perf_counter()
-            hf_out = run_hf(hf, prompts, args.new_tokens, args.device)
-            sync(args.device)
-        t_hf = time.perf_counter() - t0
+            hf_out, t_hf = timed(args.device, lambda: run_hf(hf, prompts, args.new_tokens, args.device))
         same = sum(a == b for a, b in zip(ours_out, hf_out))
         tokens = n * args.new_tokens
         # Each decode step reads every weight once and does 2 * params FLOPs per
         # sequence: whichever takes longer bounds it. Prefill is compute-bound.
         step_floor = max(weight_bytes / bandwidth, 2 * params * n / flops)
         floor = (args.new_tokens - 1) * step_floor + 2 * params * sum(map(len, prompts)) / flops
-        rows.append([n, tokens, t_ours, t_hf, tokens / t_ours, tokens / t_hf, t_hf / t_ours, floor,
-                     100 * floor / t_ours, 100 * floor / t_hf, t_hf / floor, f"{same}/{n}"])
+        # Bytes the decode steps read: the weights each step, plus each running sequence's cache.
+        mean_context = sum(map(len, prompts)) / n + args.new_tokens / 2
+        decode_bytes = (args.new_tokens - 1) * (weight_bytes + n * mean_context * kv_token_bytes)
+        rows.append([n, tokens, t_ours] + ([t_eager] if eager else []) + [
+            t_hf, tokens / t_ours, tokens / t_hf, t_hf / t_ours] + ([t_eager / t_ours] if eager else []) + [
+            decode_bytes / t_ours / 1e9, 100 * decode_bytes / t_ours / bandwidth, floor,
+            100 * floor / t_ours, t_hf / floor, f"{same}/{n}"])
         print(rows[-1], flush=True)
-    table = markdown_table(["prompts", "new tokens", "ours s", "HF s", "ours tok/s", "HF tok/s", "x vs HF",
-                            "roofline floor s", "floor % of ours", "floor % of HF", "x vs HF at floor",
-                            "same tokens as HF"], rows)
-    note = (f"Machine: {machine(args.device)}; LLaMA {params / 1e6:.0f}M params, {args.dtype}; prompts of "
-            f"{args.min_len}..{args.max_len} tokens, greedy, {args.new_tokens} new tokens each. Floor: "
+    table = markdown_table(["prompts", "new tokens", "ours s"] + (["ours eager s"] if eager else []) + [
+        "HF s", "ours tok/s", "HF tok/s", "x vs HF"] + (["x graphs vs eager"] if eager else []) + [
+        "ours GB/s", "% of copy", "roofline floor s", "floor % of ours", "x vs HF at floor", "same tokens as HF"],
+        rows)
+    note = (f"Machine: {machine(args.device)}; LLaMA {params / 1e6:.0f}M params ({args.model}), {args.dtype}; "
+            f"prompts of {args.min_len}..{args.max_len} tokens, greedy, {args.new_tokens} new tokens each. Floor: "
             f"{args.new_tokens - 1} decode steps x max({weight_bytes / 2 ** 20:.0f} MiB of weights at "
             f"{bandwidth / 1e9:.0f} GB/s (copy, read + write), the step's FLOPs at {flops / 1e9:.0f} GFLOP/s "
-            f"(torch.mm)) + prefill FLOPs. "
-            f"'same tokens as HF': sequences identical token for token (float32 rounding can flip a near tie).")
+            f"(torch.mm)) + prefill FLOPs; 'ours GB/s' counts the KV cache reads too (over the whole run, prefill "
+            f"included). 'same tokens as HF': sequences identical token for token (rounding can flip a near tie; "
+            f"in bfloat16 often).")
     emit(table + "\n\n" + note + "\n", args.out)
 
 

@@ -131,7 +131,7 @@ __device__ __forceinline__ BlockWork block_work(const DecodeAttnParams& p, int k
   w.b = static_cast<int>(blockIdx.x / (chunks * p.heads_kv));
   w.h_first = w.kvh * group + chunk * kG;
   w.heads = min(kG, group - chunk * kG);
-  const int len = p.seq_lens[w.b];
+  const int len = min(p.seq_lens[w.b], p.max_blocks * p.block_size);  // never read past the table
   w.begin = blockIdx.y * p.split_tokens;
   w.end = min(len, w.begin + p.split_tokens);
   return w;

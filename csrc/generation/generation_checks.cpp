@@ -35,7 +35,8 @@ void check_caches(const char* op, const at::Tensor& k_cache, const at::Tensor& v
 }  // namespace
 
 KvCacheAppendShape check_kv_cache_append_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& slots) {
+                                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& slots,
+                                              bool read_ids) {
   const char* op = "kv_cache_append_";
   check_caches(op, k_cache, v_cache);
   check_dim(op, "k", k, 3, "(tokens, heads_kv, head_dim)");
@@ -56,6 +57,7 @@ KvCacheAppendShape check_kv_cache_append_args(const at::Tensor& k_cache, const a
   REAL_EXT_CHECK_VALUE(slots.dim() == 1 && slots.size(0) == k.size(0), op, ": slots must be 1-D (tokens,) = (",
                        k.size(0), ",), got shape ", shape_str(slots));
   KvCacheAppendShape s{k.size(0), k_cache.size(0), k_cache.size(1), k_cache.size(2)};
+  if (!read_ids) return s;
   // One small device-to-host copy on CUDA: a bad slot would write out of bounds.
   const at::Tensor h = slots.to(at::kCPU).contiguous();
   const int64_t* p = h.data_ptr<int64_t>();
@@ -67,7 +69,7 @@ KvCacheAppendShape check_kv_cache_append_args(const at::Tensor& k_cache, const a
 
 DecodeAttnShape check_decode_attention_args(const at::Tensor& q, const at::Tensor& k_cache,
                                             const at::Tensor& v_cache, const at::Tensor& block_tables,
-                                            const at::Tensor& seq_lens, int64_t block_size) {
+                                            const at::Tensor& seq_lens, int64_t block_size, bool read_ids) {
   const char* op = "decode_attention";
   check_dim(op, "q", q, 3, "(batch, heads_q, head_dim)");
   check_caches(op, k_cache, v_cache);
@@ -108,6 +110,10 @@ DecodeAttnShape check_decode_attention_args(const at::Tensor& q, const at::Tenso
                        ": seq_lens must be 1-D (batch,) with batch = q.size(0) = ", s.batch, ", got shape ",
                        shape_str(seq_lens));
   s.max_blocks = block_tables.size(1);
+  if (!read_ids) {
+    s.max_seq_len = s.batch > 0 ? s.max_blocks * block_size : 0;
+    return s;
+  }
   // One small device-to-host copy of each on CUDA: a bad length or block id
   // would read out of bounds.
   const at::Tensor lens_h = seq_lens.to(at::kCPU).contiguous();

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/cuda_capture.h"
 #include "generation/generation_checks.h"
 #include "generation/kv_cache_launch.h"
 
@@ -12,7 +13,7 @@ namespace {
 
 void kv_cache_append_cuda_op(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_in,
                              const at::Tensor& v_in, const at::Tensor& slots_in) {
-  const KvCacheAppendShape s = check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in);
+  const KvCacheAppendShape s = check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in, !cuda_capturing());
   if (s.tokens == 0) return;
   const c10::cuda::CUDAGuard guard(k_cache.device());
   const at::Tensor k = k_in.contiguous(), v = v_in.contiguous(), slots = slots_in.contiguous();

@@ -124,3 +124,40 @@ def test_bad_requests(models, prompts, kwargs, message):
 def test_bad_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GenerationConfig(**kwargs)
+
+
+def test_padded_bucket_steps_equal_exact_steps(models, monkeypatch):
+    """The CUDA-graph path's bookkeeping (bucketed batches, padding rows in a
+    scratch block, block tables kept per sample, cache growth), run eagerly on
+    the CPU: the same tokens and log-probs as exact-size decode steps."""
+    _, ours = models
+    from real_ext.generation import cuda_graphs, engine
+    prompts = [[3 + (7 * i + j) % 90 for j in range(1 + (5 * i) % 23)] for i in range(11)]
+    greedy = generate(ours, prompts, GenerationConfig(max_new_tokens=12, greedy=True))
+    stop = greedy.output_ids[0][2]
+    cfg = GenerationConfig(max_new_tokens=60, min_new_tokens=20, temperature=0.9, top_k=40, n_samples=3,
+                           stop_token_ids=(stop,), seed=5)
+    exact = generate(ours, prompts, cfg)
+    buckets = []
+    real_logits = cuda_graphs.DecodeGraphs.logits
+
+    def recording_logits(self, running):
+        buckets.append((len(running), next(b for b in cuda_graphs.BUCKETS if b >= len(running))))
+        return real_logits(self, running)
+    generations = []
+    real_fill = cuda_graphs.DecodeGraphs._fill
+
+    def recording_fill(self, running, bucket):
+        out = real_fill(self, running, bucket)
+        generations.append(self.cache.generation)
+        return out
+    monkeypatch.setattr(engine, "usable", lambda model, config: True)
+    monkeypatch.setattr(cuda_graphs.DecodeGraphs, "logits", recording_logits)
+    monkeypatch.setattr(cuda_graphs.DecodeGraphs, "_fill", recording_fill)
+    padded = generate(ours, prompts, cfg)
+    assert any(n < b for n, b in buckets) and len({b for _, b in buckets}) > 1  # padding rows, several buckets
+    assert generations[-1] > generations[0]  # the cache pools grew mid-generation
+    assert any(exact.stopped) and not all(exact.stopped)
+    assert padded.output_ids == exact.output_ids and padded.stopped == exact.stopped
+    for a, b in zip(padded.logprobs, exact.logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5

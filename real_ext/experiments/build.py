@@ -277,7 +277,7 @@ def _generation(c: ExperimentConfig, eos: int | None) -> dict:
     stops = tuple(g.stop_token_ids) + ((eos,) if g.stop_at_eos and eos is not None else ())
     return dict(max_new_tokens=g.max_new_tokens, min_new_tokens=g.min_new_tokens, greedy=g.greedy,
                 temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, stop_token_ids=tuple(dict.fromkeys(stops)),
-                seed=g.seed)
+                seed=g.seed, cuda_graphs=g.cuda_graphs)
 
 
 def _algorithm(c: ExperimentConfig, eos: int | None):

@@ -71,6 +71,7 @@ class GenerationSection:
     stop_at_eos: bool = True                 # stop at the tokenizer's eos
     stop_token_ids: tuple[int, ...] = ()
     seed: int = 0
+    cuda_graphs: bool = True                 # on CUDA: decode steps replayed from CUDA graphs
 
 
 @dataclasses.dataclass

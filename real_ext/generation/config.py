@@ -15,6 +15,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()
     n_samples: int = 1                     # samples per prompt (GRPO groups)
     seed: int | None = None
+    cuda_graphs: bool = True               # replay decode steps from CUDA graphs where possible (cuda_graphs.py)
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))

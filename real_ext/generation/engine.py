@@ -1,6 +1,8 @@
 """generate(): prefill with the packed attention op writing a paged KV cache,
 then decode steps (decode-attention op over the cache, fused sampling op);
-finished sequences leave the running batch. Works on a single-process
+finished sequences leave the running batch. On CUDA the decode steps of a
+single-stage model without tensor parallelism replay CUDA graphs (one per
+batch-size bucket, cuda_graphs.py). Works on a single-process
 ReaLModel and under tensor parallelism (every tp rank computes the same
 vocab-gathered logits and draws the same uniforms, so they agree on every
 token); pipeline-parallel models go through pipelined.py.
@@ -20,6 +22,7 @@ import torch
 
 from real_ext import ops
 from real_ext.generation.config import GenerationConfig, GenerationOutput
+from real_ext.generation.cuda_graphs import DecodeGraphs, usable
 from real_ext.generation.kv_cache import CacheStep, PagedKVCache
 from real_ext.generation.rng import uniforms
 
@@ -142,8 +145,7 @@ def decode_inputs(model, cache: PagedKVCache, running: list[Sample]):
                      block_tables=cache.block_table(seqs), seq_lens=cache.seq_lens(seqs))
     tokens = torch.tensor([s.tokens[-1] for s in running], dtype=torch.int64, device=device)
     positions = torch.tensor([s.prompt_len + len(s.tokens) - 1 for s in running], device=device)
-    cu = torch.arange(len(running) + 1, dtype=torch.int32, device=device)
-    return tokens, model.packed_info(cu, positions=positions, cache=step)
+    return tokens, model.decode_info(positions, step)
 
 
 def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tensor:
@@ -174,12 +176,21 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
         for seq in prompt_seqs:
             cache.release(seq)
     record(samples, *draw(logits.repeat_interleave(n, dim=0), samples, seed, 0, config), config)
+    graphs = None
+    if usable(model, config) and config.max_new_tokens > 1:
+        graphs = DecodeGraphs(model, cache, max(len(p) for p in prompts) + config.max_new_tokens)
     for step in range(1, config.max_new_tokens):
         for s in samples:
             if s.done and s.index in cache.lengths:
                 cache.release(s.index)
+                if graphs is not None:
+                    graphs.forget(s.index)
         running = [s for s in samples if not s.done]
         if not running:
             break
-        record(running, *draw(decode_step(model, cache, running), running, seed, step, config), config)
+        if graphs is not None and graphs.fits(len(running)):
+            logits = graphs.logits(running)
+        else:
+            logits = decode_step(model, cache, running)
+        record(running, *draw(logits, running, seed, step, config), config)
     return output(samples)

@@ -39,6 +39,7 @@ class PagedKVCache:
         self.shape = (heads_kv, head_dim)
         self.dtype, self.device = dtype, torch.device(device)
         self.num_blocks = 0
+        self.generation = 0  # bumped when the pools are reallocated (CUDA graphs hold their addresses)
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
         self.free: list[int] = []
@@ -57,6 +58,7 @@ class PagedKVCache:
         # Lowest block ids first, so allocation order is the same on every rank.
         self.free = list(range(num_blocks - 1, old - 1, -1)) + self.free
         self.num_blocks = num_blocks
+        self.generation += 1
 
     def allocate(self, seq: int, n_tokens: int) -> list[int]:
         """Slots for the next n_tokens of sequence seq (registering it if new)."""

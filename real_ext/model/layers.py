@@ -85,10 +85,13 @@ class PackedInfo:
     and values to the KV cache and, when decoding, attend over the cache.
     """
 
-    def __init__(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None):
+    def __init__(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                 max_len: int | None = None):
         self.cu_seqlens = cu_seqlens
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        self.max_len = int(lengths.max()) if lengths.numel() else 0
+        if max_len is None:  # a host read: decoding passes 1 (and CUDA graph capture must)
+            max_len = int(lengths.max()) if lengths.numel() else 0
+        self.max_len = max_len
         if positions is None:
             total = int(cu_seqlens[-1])
             starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths.long(), output_size=total)

@@ -61,7 +61,8 @@ class ReaLModel(nn.Module):
         self.activation_checkpointing = False
         self._build_modules()
         self._bind_flat_storage(dtype, torch.device(device))
-        self._inv_freq = rope_inv_freq(config) if config.position == "rope" else None
+        # Computed on the host (same values everywhere), kept on the device: no copy per forward.
+        self._inv_freq = rope_inv_freq(config).to(device) if config.position == "rope" else None
 
     # ------------------------------------------------------------ structure
 
@@ -155,6 +156,16 @@ class ReaLModel(nn.Module):
                              f"{self.config.sliding_window}; sliding-window attention is not implemented")
         if self._inv_freq is not None:
             info.rope = rope_cos_sin(self._inv_freq, info.positions, self.flat.dtype)
+        return info
+
+    def decode_info(self, positions: torch.Tensor, cache) -> PackedInfo:
+        """PackedInfo of a decode step (one new token per sequence at
+        `positions`) without reading anything back to the host, so that it can
+        be captured in a CUDA graph; generate() has checked the positions fit."""
+        cu = torch.arange(positions.shape[0] + 1, dtype=torch.int32, device=positions.device)
+        info = PackedInfo(cu, positions, cache, max_len=1)
+        if self._inv_freq is not None:
+            info.rope = rope_cos_sin(self._inv_freq, positions, self.flat.dtype)
         return info
 
     def embed(self, input_ids: torch.Tensor, info: PackedInfo) -> torch.Tensor:
