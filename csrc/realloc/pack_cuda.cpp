@@ -14,16 +14,25 @@
 namespace real_ext::realloc {
 namespace {
 
-// The validated box list, on the flat buffer's device.
+// The validated box list, on the flat buffer's device: staged in pinned host
+// memory (torch's caching host allocator keeps it until the copy is done) and
+// copied without blocking the host.
 at::Tensor device_boxes(const std::vector<PackBox>& boxes, const at::Device& device) {
-  at::Tensor host = at::empty({static_cast<int64_t>(boxes.size() * sizeof(PackBox))}, at::kByte);
+  at::Tensor host = at::empty({static_cast<int64_t>(boxes.size() * sizeof(PackBox))},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(host.data_ptr(), boxes.data(), boxes.size() * sizeof(PackBox));
-  return host.to(device);
+  return host.to(device, /*non_blocking=*/true);
 }
 
-int64_t max_segments(const std::vector<PackBox>& boxes, int64_t elem_bytes) {
+int64_t max_units(const std::vector<PackBox>& boxes, int64_t elem_bytes) {
   int64_t m = 0;
-  for (const PackBox& b : boxes) m = std::max(m, pack_segments(b, elem_bytes));
+  for (const PackBox& b : boxes) m = std::max(m, pack_units(b, elem_bytes));
+  return m;
+}
+
+int64_t max_segments(const std::vector<PackBox>& boxes) {
+  int64_t m = 0;
+  for (const PackBox& b : boxes) m = std::max(m, pack_segments(b));
   return m;
 }
 
@@ -45,7 +54,7 @@ void realloc_pack_into_cuda(const at::Tensor& flat, const at::Tensor& boxes, at:
                realloc_copy_boxes_cuda(const_cast<void*>(flat.data_ptr()), buffer.data_ptr(),
                                        reinterpret_cast<const PackBox*>(dev.data_ptr()),
                                        static_cast<int64_t>(bx.size()), flat.element_size(),
-                                       max_segments(bx, flat.element_size()), false,
+                                       max_units(bx, flat.element_size()), false,
                                        at::cuda::getCurrentCUDAStream()));
 }
 
@@ -77,10 +86,10 @@ void realloc_unpack_cuda(at::Tensor& flat, const at::Tensor& buffer, const at::T
   if (eta == 1.0) {
     check_launch("realloc_unpack_", realloc_copy_boxes_cuda(flat.data_ptr(), const_cast<void*>(buffer.data_ptr()), d,
                                                             n, flat.element_size(),
-                                                            max_segments(bx, flat.element_size()), true, stream));
+                                                            max_units(bx, flat.element_size()), true, stream));
   } else {
     check_launch("realloc_unpack_", realloc_unpack_ema_cuda(flat.data_ptr(), buffer.data_ptr(), d, n,
-                                                            pack_dtype(flat.scalar_type()), max_segments(bx, 2),
+                                                            pack_dtype(flat.scalar_type()), max_segments(bx),
                                                             eta, stream));
   }
 }

@@ -1,6 +1,11 @@
-// Pack / unpack of strided boxes on CUDA, one launch for any number of boxes:
-// blockIdx.x walks boxes, blockIdx.y splits a box's rows, threads copy a row in
-// 16-byte words when the row's two ends are 16-byte aligned, else element-wise.
+// Pack / unpack of strided boxes on CUDA, one launch for any number of boxes.
+// blockIdx.x walks boxes; within a box, its rows are cut into units of the
+// widest word (16, 8, 4, 2 or 1 bytes) that the row starts, strides and length
+// of both buffers allow, the units are numbered row-major, and the box's
+// blocks (blockIdx.y) and threads deal them out kUnroll at a time: each thread
+// issues its kUnroll loads before its stores, so several loads are in flight
+// per thread (what keeps HBM busy), and narrow rows (a 256-byte head-dim
+// slice) still fill every lane of a warp.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,49 +15,72 @@ namespace real_ext::realloc {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxRowBlocks = 4096;  // blocks per box along its row segments, at most
+constexpr int kUnroll = 4;
+constexpr int kMaxBoxBlocks = 4096;  // blocks per box, at most (then each thread loops)
 
-// Rows are cut into segments of kSegmentBytes so that one long row (a whole
-// 1-D parameter) still spreads over many warps.
-constexpr int64_t kSegmentBytes = 4096;
-
-template <typename T>
-__device__ void copy_row(char* dst, const char* src, int64_t bytes, int lane) {
-  const int64_t n = bytes / sizeof(T);
-  T* d = reinterpret_cast<T*>(dst);
-  const T* s = reinterpret_cast<const T*>(src);
-  for (int64_t i = lane; i < n; i += 32) d[i] = s[i];
+// The widest word size in {16, 8, 4, 2, 1} dividing every address and stride.
+__device__ __forceinline__ int word_bytes(uintptr_t bits) {
+  return (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : (bits & 3) == 0 ? 4 : (bits & 1) == 0 ? 2 : 1;
 }
 
-// One warp per row segment: narrow rows (a head-dim slice is 256 bytes) still
-// keep thousands of warps in flight; blockIdx.x walks boxes, blockIdx.y and the
-// warp index split a box's segments.
-__global__ void copy_boxes_kernel(char* flat, char* buffer, const PackBox* boxes, int64_t n, int64_t es,
+// Row and column of unit u in a box of `per_row` units per row.
+__device__ __forceinline__ void row_col(int64_t u, int64_t per_row, bool narrow, int64_t& r, int64_t& c) {
+  if (narrow) {  // 32-bit division where it fits: 64-bit division is slow on the GPU
+    const uint32_t q = static_cast<uint32_t>(u) / static_cast<uint32_t>(per_row);
+    r = q;
+    c = u - static_cast<int64_t>(q) * per_row;
+  } else {
+    r = u / per_row;
+    c = u - r * per_row;
+  }
+}
+
+template <typename W>
+__device__ void copy_units(char* dst, int64_t dst_ld, const char* src, int64_t src_ld, int64_t per_row, int64_t total,
+                           int64_t first, int64_t stride) {
+  const bool narrow = total <= 0xffffffffLL;
+  for (int64_t u0 = first; u0 < total; u0 += stride * kUnroll) {
+    W v[kUnroll];
+    int64_t at[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t u = u0 + k * stride;
+      if (u < total) {
+        int64_t r, c;
+        row_col(u, per_row, narrow, r, c);
+        v[k] = *reinterpret_cast<const W*>(src + r * src_ld + c * static_cast<int64_t>(sizeof(W)));
+        at[k] = r * dst_ld + c * static_cast<int64_t>(sizeof(W));
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k)
+      if (u0 + k * stride < total) *reinterpret_cast<W*>(dst + at[k]) = v[k];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 2) copy_boxes_kernel(char* flat, char* buffer, const PackBox* boxes, int64_t n, int64_t es,
                                   bool unpack) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t first = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t b = blockIdx.x; b < n; b += gridDim.x) {
     const PackBox box = boxes[b];
-    const int64_t bytes = box.cols * es;
-    const int64_t segs = (bytes + kSegmentBytes - 1) / kSegmentBytes;
-    for (int64_t i = blockIdx.y * warps + warp; i < box.rows * segs; i += gridDim.y * warps) {
-      const int64_t r = i / segs, lo = (i % segs) * kSegmentBytes;
-      const int64_t len = bytes - lo < kSegmentBytes ? bytes - lo : kSegmentBytes;
-      char* f = flat + (box.offset + r * box.ld) * es + lo;
-      char* s = buffer + (box.buf_offset + r * box.cols) * es + lo;
-      char* dst = unpack ? f : s;
-      const char* src = unpack ? s : f;
-      const bool vec16 = ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | len) & 15) == 0;
-      if (vec16) {
-        copy_row<uint4>(dst, src, len, lane);
-      } else if (es == 8) {
-        copy_row<uint64_t>(dst, src, len, lane);
-      } else if (es == 4) {
-        copy_row<uint32_t>(dst, src, len, lane);
-      } else if (es == 2) {
-        copy_row<uint16_t>(dst, src, len, lane);
-      } else {
-        copy_row<uint8_t>(dst, src, len, lane);
-      }
+    const int64_t row_bytes = box.cols * es;
+    if (box.rows == 0 || row_bytes == 0) continue;
+    char* f = flat + box.offset * es;
+    char* s = buffer + box.buf_offset * es;
+    const int64_t f_ld = box.rows > 1 ? box.ld * es : row_bytes, s_ld = row_bytes;
+    char* dst = unpack ? f : s;
+    const char* src = unpack ? s : f;
+    const int64_t dst_ld = unpack ? f_ld : s_ld, src_ld = unpack ? s_ld : f_ld;
+    const int w = word_bytes(reinterpret_cast<uintptr_t>(f) | reinterpret_cast<uintptr_t>(s) |
+                             static_cast<uintptr_t>(f_ld) | static_cast<uintptr_t>(row_bytes));
+    const int64_t per_row = row_bytes / w, total = per_row * box.rows;
+    switch (w) {
+      case 16: copy_units<uint4>(dst, dst_ld, src, src_ld, per_row, total, first, stride); break;
+      case 8: copy_units<uint2>(dst, dst_ld, src, src_ld, per_row, total, first, stride); break;
+      case 4: copy_units<uint32_t>(dst, dst_ld, src, src_ld, per_row, total, first, stride); break;
+      case 2: copy_units<uint16_t>(dst, dst_ld, src, src_ld, per_row, total, first, stride); break;
+      default: copy_units<uint8_t>(dst, dst_ld, src, src_ld, per_row, total, first, stride); break;
     }
   }
 }
@@ -69,7 +97,7 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x) { return _
 template <typename T, typename Acc>
 __global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes, int64_t n, Acc eta) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  constexpr int64_t kSeg = kSegmentBytes / 2;  // elements per segment (the grid counts 2-byte segments)
+  constexpr int64_t kSeg = 2048;  // elements per warp-sized segment of a row
   for (int64_t b = blockIdx.x; b < n; b += gridDim.x) {
     const PackBox box = boxes[b];
     const int64_t segs = (box.cols + kSeg - 1) / kSeg;
@@ -90,27 +118,37 @@ __global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes
   }
 }
 
-// Enough blocks along y for the largest box (one warp per segment), no more.
-dim3 grid_for(int64_t n, int64_t max_segments) {
+// Blocks along y for the largest box: enough for one pass of kUnroll units
+// per thread over max_units (its 16-byte words), at most kMaxBoxBlocks.
+dim3 grid_for(int64_t n, int64_t max_units) {
+  const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll;
+  const int64_t y = (max_units + per_block - 1) / per_block;
+  return dim3(static_cast<unsigned>(n < 65535 ? n : 65535),
+              static_cast<unsigned>(y < 1 ? 1 : y > kMaxBoxBlocks ? kMaxBoxBlocks : y));
+}
+
+// The EMA kernel: one warp per 2048-element row segment, 8 warps a block.
+dim3 ema_grid_for(int64_t n, int64_t max_segments) {
   const int64_t y = (max_segments + kThreads / 32 - 1) / (kThreads / 32);
   return dim3(static_cast<unsigned>(n < 65535 ? n : 65535),
-              static_cast<unsigned>(y < 1 ? 1 : y > kMaxRowBlocks ? kMaxRowBlocks : y));
+              static_cast<unsigned>(y < 1 ? 1 : y > kMaxBoxBlocks ? kMaxBoxBlocks : y));
 }
 
 }  // namespace
 
 cudaError_t realloc_copy_boxes_cuda(void* flat, void* buffer, const PackBox* boxes, int64_t n, int64_t elem_bytes,
-                                    int64_t max_row_bytes_segments, bool unpack, cudaStream_t stream) {
+                                    int64_t max_units, bool unpack, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  copy_boxes_kernel<<<grid_for(n, max_row_bytes_segments), kThreads, 0, stream>>>(static_cast<char*>(flat), static_cast<char*>(buffer),
-                                                          boxes, n, elem_bytes, unpack);
+  copy_boxes_kernel<<<grid_for(n, max_units), kThreads, 0, stream>>>(static_cast<char*>(flat),
+                                                                     static_cast<char*>(buffer), boxes, n, elem_bytes,
+                                                                     unpack);
   return cudaGetLastError();
 }
 
 cudaError_t realloc_unpack_ema_cuda(void* flat, const void* buffer, const PackBox* boxes, int64_t n, PackDType dtype,
                                     int64_t max_segments, double eta, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const dim3 grid = grid_for(n, max_segments);
+  const dim3 grid = ema_grid_for(n, max_segments);
   switch (dtype) {
     case PackDType::kFloat32:
       unpack_ema_kernel<float, float><<<grid, kThreads, 0, stream>>>(

@@ -17,6 +17,7 @@ drawn with the stop tokens removed, which the training forward does not do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -93,13 +94,23 @@ def new_cache(model, prompts, config: GenerationConfig) -> PagedKVCache:
 def draw(logits: torch.Tensor, samples: list[Sample], seed: int, step: int, config: GenerationConfig):
     """Tokens and log-probs for one row of logits per sample."""
     device = logits.device
-    ids = torch.tensor([s.sample_id for s in samples], dtype=torch.int64)
-    hold_stop = torch.tensor([len(s.tokens) < config.min_new_tokens for s in samples], device=device)
+    if config.greedy:  # the uniforms are not read
+        u = torch.zeros(len(samples), dtype=torch.float32, device=device)
+    else:
+        u = uniforms(seed, [s.sample_id for s in samples], step).to(device)
+    hold_stop = None
+    if config.stop_token_ids and any(len(s.tokens) < config.min_new_tokens for s in samples):
+        hold_stop = torch.tensor([len(s.tokens) < config.min_new_tokens for s in samples], device=device)
     tokens, logprobs = ops.sample_tokens(
-        logits, uniforms(seed, ids, step).to(device), greedy=config.greedy, temperature=config.temperature,
-        top_k=config.top_k, top_p=config.top_p, suppress=hold_stop,
-        banned=torch.tensor(config.stop_token_ids, dtype=torch.int64, device=device))
+        logits, u, greedy=config.greedy, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+        suppress=hold_stop, banned=_banned(config.stop_token_ids, device) if hold_stop is not None else None)
     return tokens.tolist(), logprobs.tolist()
+
+
+@functools.lru_cache(maxsize=64)
+def _banned(stop_token_ids: tuple, device: torch.device) -> torch.Tensor:
+    """The stop tokens as a device tensor, made once per (tokens, device)."""
+    return torch.tensor(stop_token_ids, dtype=torch.int64, device=device)
 
 
 def record(samples: list[Sample], tokens, logprobs, config: GenerationConfig) -> None:
