@@ -81,6 +81,8 @@ def main():
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--out", default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one generate() of the largest batch (torch.profiler table on stdout)")
     args = p.parse_args()
     import transformers
     dtype = getattr(torch, args.dtype)
@@ -140,6 +142,31 @@ def main():
             f"included). 'same tokens as HF': sequences identical token for token (rounding can flip a near tie; "
             f"in bfloat16 often).")
     emit(table + "\n\n" + note + "\n", args.out)
+    if args.profile:
+        profile(ours, prompts, cfg, args.device)
+
+
+def profile(model, prompts, cfg, device):
+    """Where one generate() spends its time: graph captures (count, seconds)
+    and the profiler's top ops by host time."""
+    from real_ext.generation import cuda_graphs
+    captures = []
+    capture = cuda_graphs.DecodeGraphs._capture
+
+    def timed_capture(self, bucket):
+        t0 = time.perf_counter()
+        out = capture(self, bucket)
+        captures.append((bucket, time.perf_counter() - t0))
+        return out
+    cuda_graphs.DecodeGraphs._capture = timed_capture
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        _, seconds = timed(device, lambda: generate(model, prompts, cfg))
+    cuda_graphs.DecodeGraphs._capture = capture
+    print(f"profiled generate(): {seconds:.3f} s for {len(prompts)} prompts; graph captures (bucket, s): "
+          f"{[(b, round(t, 4)) for b, t in captures]}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
 
 if __name__ == "__main__":

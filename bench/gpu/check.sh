@@ -55,7 +55,7 @@ step build 300 python3 setup.py build_ext --inplace || { tail -50 "$LOGS/build.l
 step tests_cuda 200 python3 -m pytest python_tests -m cuda -q -n 4 --no-header -p no:cacheprovider
 grep -E "passed|failed|error" "$LOGS/tests_cuda.log" | tail -3 | tee -a "$SUMMARY"
 grep -E "^(FAILED|ERROR)" "$LOGS/tests_cuda.log" | head -20 | tee -a "$SUMMARY"
-step generate 150 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --model 0.5b --batches 16,64 \
+step generate 150 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --model 0.5b --batches 16,64 --profile \
   --out "$LOGS/generate.md"
 step ppo 150 python3 bench/bench_ppo_gpu.py --out-dir "$LOGS"
 [ -f "$LOGS/ppo_timeline.png" ] && cp "$LOGS/ppo_timeline.png" "$OUT_DIR/"

@@ -6,9 +6,10 @@ every block with its KV-cache append and decode attention, the LM head) is
 captured once per batch-size bucket and replayed. Sampling stays outside the
 graph (it is one op, and its uniforms are keyed on the host).
 
-- Buckets: a step with B running samples replays the smallest bucket >= B;
-  the extra rows decode token 0 at position 0 into a scratch block of the
-  cache (their logits are dropped), so every row of the graph is valid.
+- Buckets: a step with B running samples replays a captured bucket of B to
+  4B rows, else captures the smallest bucket >= B; the extra rows decode
+  token 0 at position 0 into a scratch block of the cache (their logits are
+  dropped), so every row of the graph is valid.
 - Inputs: one int64 device buffer [tokens | positions | slots | seq_lens |
   block table (bucket x width)], filled from pinned host memory by one copy
   per step. The block table width is fixed for the whole generate() call:
@@ -66,7 +67,7 @@ class DecodeGraphs:
         """(B, vocab) logits for the running samples (a view into the graph's
         output: consume it before the next step). Takes a cache slot per sample."""
         n = len(running)
-        bucket = next(b for b in BUCKETS if b >= n)
+        bucket = self._bucket(n)
         inputs = self._fill(running, bucket)  # may grow the cache pools
         if not self.capture:
             self.device_inputs[:inputs.numel()].copy_(inputs)
@@ -83,6 +84,15 @@ class DecodeGraphs:
         graph, out = self.graphs[bucket]
         graph.replay()
         return out[:n]
+
+    def _bucket(self, n: int) -> int:
+        """The bucket to replay for n rows: a captured one up to 4x larger if
+        there is one (a decode step of a few rows is bound by reading the
+        weights, so padding rows cost little, while a capture costs an eager
+        step and the recording), else the smallest that fits."""
+        fit = next(b for b in BUCKETS if b >= n)
+        captured = [b for b in self.graphs if fit <= b <= 4 * fit]
+        return min(captured) if captured else fit
 
     def _fill(self, running, bucket: int) -> torch.Tensor:
         """The step's inputs in pinned memory, padded to the bucket."""

@@ -9,8 +9,10 @@ _unpack = torch.ops.real_ext.realloc_unpack_
 def pack(flat: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Concatenate the boxes of ``flat``, row by row, into a new buffer (or the
     front of ``out``). boxes: int64 CPU (n, 5) [offset, ld, rows, cols, buffer_offset]."""
-    total = int((boxes[:, 2] * boxes[:, 3] + boxes[:, 4]).max()) if boxes.numel() else 0
-    buffer = torch.empty(total, dtype=flat.dtype, device=flat.device) if out is None else out
+    buffer = out
+    if buffer is None:
+        total = int((boxes[:, 2] * boxes[:, 3] + boxes[:, 4]).max()) if boxes.numel() else 0
+        buffer = torch.empty(total, dtype=flat.dtype, device=flat.device)
     _pack_into(flat, boxes, buffer)
     return buffer
 
