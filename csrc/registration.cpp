@@ -56,15 +56,19 @@ TORCH_LIBRARY(real_ext, m) {
   // Generation (csrc/generation). Paged KV cache: k_cache, v_cache are
   // (num_slots, heads_kv, head_dim), slot = block * block_size + offset in block.
   // kv_cache_append_: k_cache[slots[t]] = k[t], v_cache[slots[t]] = v[t];
-  // k, v: (T, heads_kv, head_dim), slots: (T,) int64 (distinct).
-  m.def("kv_cache_append_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor slots) -> ()");
+  // k, v: (T, heads_kv, head_dim), slots: (T,) int64 (distinct). check_ids=False
+  // (both ops): on CUDA, trust the ids instead of copying them to the host to
+  // check them (the generation engine builds them); the CPU always checks.
+  m.def(
+      "kv_cache_append_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor slots,"
+      " bool check_ids=True) -> ()");
   // One new query per sequence over its cached keys (the new token's k/v already
   // appended): q (B, heads_q, head_dim); block_tables (B, max_blocks) int32, the
   // blocks of sequence b in order; seq_lens (B,) int32 >= 1, cached tokens of b.
   // out: (B, heads_q, head_dim). heads_q % heads_kv == 0.
   m.def(
       "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens,"
-      " int block_size, float scale) -> Tensor out");
+      " int block_size, float scale, bool check_ids=True) -> Tensor out");
   // Fused sampling from logits (B, V) (float32/bf16/fp16): tokens in `banned`
   // (n,) int64 get -inf in rows where suppress (B,) bool is set (stop tokens
   // before min_new_tokens); then softmax(logits / temperature); greedy: argmax;

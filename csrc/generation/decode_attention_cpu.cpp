@@ -300,7 +300,7 @@ void decode_all(const DecodeView& x, const T* k_cache, const T* v_cache, int64_t
 
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& block_tables, const at::Tensor& seq_lens, int64_t block_size,
-                                double scale) {
+                                double scale, bool /*check_ids: reading them costs no device copy here*/) {
   const DecodeAttnShape s = check_decode_attention_args(q, k_cache, v_cache, block_tables, seq_lens, block_size);
   const at::Tensor qf = (q.to(at::kFloat) * scale).contiguous();
   const at::Tensor tables = block_tables.contiguous(), lens = seq_lens.contiguous();

@@ -22,9 +22,9 @@ DecodeDType decode_dtype(at::ScalarType t) {
 
 at::Tensor decode_attention_cuda_op(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                     const at::Tensor& block_tables, const at::Tensor& seq_lens, int64_t block_size,
-                                    double scale) {
-  const DecodeAttnShape s =
-      check_decode_attention_args(q_in, k_cache, v_cache, block_tables, seq_lens, block_size, !cuda_capturing());
+                                    double scale, bool check_ids) {
+  const DecodeAttnShape s = check_decode_attention_args(q_in, k_cache, v_cache, block_tables, seq_lens, block_size,
+                                                        check_ids && !cuda_capturing());
   const c10::cuda::CUDAGuard guard(q_in.device());
   at::Tensor out = at::empty(q_in.sizes(), q_in.options());
   if (s.batch == 0) return out;

@@ -2,10 +2,11 @@
 // (paged KV-cache append and decode attention). Everything is checked before
 // any memory is touched; slot and block ids are read on the host (one small
 // copy on CUDA) because a bad id would write or read out of bounds. The one
-// exception is a CUDA graph being captured, where no host copy is allowed
-// (read_ids = false): then the ids are the caller's responsibility (the
-// generation engine builds them from its own cache bookkeeping), and decode
-// attention sizes its key split for max_blocks * block_size keys.
+// exceptions, on CUDA only: a CUDA graph being captured, where no host copy is
+// allowed, and a caller that passes check_ids=False (read_ids = false): then
+// the ids are the caller's responsibility (the generation engine builds them
+// from its own cache bookkeeping), and decode attention sizes its key split
+// for max_blocks * block_size keys.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -12,7 +12,7 @@ namespace real_ext {
 namespace {
 
 void kv_cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_in, const at::Tensor& v_in,
-                         const at::Tensor& slots_in) {
+                         const at::Tensor& slots_in, bool /*check_ids: reading them costs no device copy here*/) {
   const KvCacheAppendShape s = check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in);
   const at::Tensor k = k_in.contiguous(), v = v_in.contiguous(), slots = slots_in.contiguous();
   const int64_t row_bytes = s.heads_kv * s.head_dim * static_cast<int64_t>(k.element_size());

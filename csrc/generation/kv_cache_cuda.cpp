@@ -12,8 +12,9 @@ namespace real_ext {
 namespace {
 
 void kv_cache_append_cuda_op(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_in,
-                             const at::Tensor& v_in, const at::Tensor& slots_in) {
-  const KvCacheAppendShape s = check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in, !cuda_capturing());
+                             const at::Tensor& v_in, const at::Tensor& slots_in, bool check_ids) {
+  const KvCacheAppendShape s =
+      check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in, check_ids && !cuda_capturing());
   if (s.tokens == 0) return;
   const c10::cuda::CUDAGuard guard(k_cache.device());
   const at::Tensor k = k_in.contiguous(), v = v_in.contiguous(), slots = slots_in.contiguous();

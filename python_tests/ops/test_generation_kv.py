@@ -72,6 +72,9 @@ def test_decode_matches_reference(case, device):
         out_pt = ref.decode_attention(q, k_cache, v_cache, tables, lens, bs)
         floor = 1e-6 * max(1.0, out_ref.abs().max().item())
         assert _max_err(out, out_ref) <= 2 * _max_err(out_pt, out_ref) + floor, dtype
+        # Trusted ids (no host copy on CUDA; the keys split for the table's capacity): as accurate.
+        trusted = ops.decode_attention(q, k_cache, v_cache, tables, lens, bs, check_ids=False)
+        assert _max_err(trusted, out_ref) <= 2 * _max_err(out_pt, out_ref) + floor, dtype
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -139,7 +142,7 @@ def test_append_matches_reference(shape, device):
         v = torch.randn(tokens * hkv * d + 1, generator=g).to(device, dtype)[1:].view(tokens, hkv, d)
         slots = torch.randperm(num_slots, generator=g)[:tokens].to(device)
         k_ref, v_ref = k_cache.clone(), v_cache.clone()
-        ops.kv_cache_append_(k_cache, v_cache, k, v, slots)
+        ops.kv_cache_append_(k_cache, v_cache, k, v, slots, check_ids=i % 2 == 0)
         ref.kv_cache_append_(k_ref, v_ref, k, v, slots)
         assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref), dtype
         # No tokens: nothing changes.
@@ -157,6 +160,8 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.real_ext.kv_cache_append_.default, (k_cache, v_cache, k, v, slots))
     q = torch.randn(3, 4, 32, generator=g).to(device)
     torch.library.opcheck(torch.ops.real_ext.decode_attention.default, (q, k_cache, v_cache, tables, lens, 4, 0.125))
+    torch.library.opcheck(torch.ops.real_ext.decode_attention.default,
+                          (q, k_cache, v_cache, tables, lens, 4, 0.125, False))
 
 
 # ------------------------------------------------------------------ bad input
@@ -203,8 +208,9 @@ APPEND_BAD = [
 def test_append_bad_input(make, exc, message):
     args = make()
     before = args["k_cache"].clone()
-    with pytest.raises(exc, match=re.escape(message)):
-        ops.kv_cache_append_(**args)
+    for check_ids in (True, False):  # the CPU checks the ids even when told to trust them
+        with pytest.raises(exc, match=re.escape(message)):
+            ops.kv_cache_append_(**args, check_ids=check_ids)
     assert torch.equal(args["k_cache"], before)  # checked before any write
 
 
@@ -263,8 +269,9 @@ DECODE_BAD = [
 
 @pytest.mark.parametrize("make,exc,message", [c[1:] for c in DECODE_BAD], ids=[c[0] for c in DECODE_BAD])
 def test_decode_bad_input(make, exc, message):
-    with pytest.raises(exc, match=re.escape(message)):
-        ops.decode_attention(**make())
+    for check_ids in (True, False):  # the CPU checks the ids even when told to trust them
+        with pytest.raises(exc, match=re.escape(message)):
+            ops.decode_attention(**make(), check_ids=check_ids)
 
 
 def test_decode_ignores_unused_table_entries():

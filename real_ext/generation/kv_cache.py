@@ -23,6 +23,9 @@ class CacheStep:
     decode: bool                              # one token per sequence, attending over the cache
     block_tables: torch.Tensor | None = None  # (B, max_blocks) int32, decode only
     seq_lens: torch.Tensor | None = None      # (B,) int32 cached tokens incl. the new one, decode only
+    # The engine builds the ids from this cache's bookkeeping: on CUDA the ops
+    # need not copy them to the host to check them (CPU runs check them always).
+    check_ids: bool = False
 
     @property
     def block_size(self) -> int:

@@ -151,10 +151,10 @@ class Attention(nn.Module):
         cache = info.cache
         if cache is not None:
             k_pool, v_pool = cache.pools(self.layer)
-            ops.kv_cache_append_(k_pool, v_pool, k, v, cache.slots)
+            ops.kv_cache_append_(k_pool, v_pool, k, v, cache.slots, check_ids=cache.check_ids)
         if cache is not None and cache.decode:  # one new token per sequence, over its cache
             out = ops.decode_attention(q, k_pool, v_pool, cache.block_tables, cache.seq_lens, cache.block_size,
-                                       softmax_scale=scale)
+                                       softmax_scale=scale, check_ids=cache.check_ids)
         else:
             out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens, info.max_len, info.max_len,
                                        causal=True, softmax_scale=scale)
