@@ -184,8 +184,9 @@ def _ranges(ranks: list[int]) -> str:
 class RayLauncher(ConnectedWorkers):
     def __init__(self, n_workers: int, setup, *, threads_per_worker: int = 1, address: str | None = None,
                  log_dir: str | None = None, start_timeout: float = 600.0, console=None):
-        """``address``: the Ray cluster to join ("auto", "HOST:PORT"; None: the
-        one this process is connected to, else a new local one)."""
+        """``address``: the Ray cluster to join ("auto", "HOST:PORT"; None: as
+        ray.init: $RAY_ADDRESS or a cluster started on this machine, else a new
+        local one). A process already connected to Ray keeps its cluster."""
         self.console = console or sys.stdout
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
@@ -193,7 +194,7 @@ class RayLauncher(ConnectedWorkers):
                      **({"include_dashboard": False} if address is None else {}))
         authkey = secrets.token_bytes(32)
         super().__init__(n_workers, Listener((ray.util.get_node_ip_address(), 0), authkey=authkey))
-        self.actors, self.runs, self.store, self.logs = [], [], None, {}
+        self.actors, self.runs, self.store, self.logs, self.where = [], [], None, {}, []
         deadline = time.monotonic() + start_timeout
         gpu = setup.device.startswith("cuda")
         bundle = {"GPU": 1} if gpu else {"CPU": threads_per_worker}
@@ -217,8 +218,9 @@ class RayLauncher(ConnectedWorkers):
         nodes = list(dict.fromkeys(on_node[b] for b in sorted(on_node)))
         self.bundles = sorted(on_node, key=lambda b: (nodes.index(on_node[b]), b))   # rank -> bundle
         ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-        self.nodes = [ips.get(on_node[b], on_node[b]) for b in self.bundles]   # rank -> node address
-        self.workers_per_node = [sum(on_node[b] == node for b in self.bundles) for node in nodes]
+        self.node_ids = [on_node[b] for b in self.bundles]                     # rank -> Ray node id
+        self.nodes = [ips.get(node, node) for node in self.node_ids]           # rank -> node address
+        self.workers_per_node = [self.node_ids.count(node) for node in nodes]
 
     def _start(self, setup, threads: int, authkey: bytes, gpu: bool, log_dir: str | None) -> None:
         def placed(rank: int, **resources):
@@ -227,17 +229,19 @@ class RayLauncher(ConnectedWorkers):
         self.store = _StoreActor.options(**placed(0, num_cpus=0)).remote()
         resources = {"num_gpus": 1, "num_cpus": 0} if gpu else {"num_cpus": threads}
         self.actors = [_WorkerActor.options(**placed(r, **resources)).remote(r) for r in range(self.n)]
-        where = ray.get([a.where.remote() for a in self.actors])
-        for node in dict.fromkeys(self.nodes):
-            ranks = [r for r in range(self.n) if self.nodes[r] == node]
-            print(f"[ray] workers {_ranges(ranks)} on node {node}", file=self.console, flush=True)
+        self.where = ray.get([a.where.remote() for a in self.actors])   # rank -> (node address, pid)
+        for node in dict.fromkeys(self.node_ids):
+            ranks = [r for r in range(self.n) if self.node_ids[r] == node]
+            print(f"[ray] workers {_ranges(ranks)} on node {self.nodes[ranks[0]]} ({node[:8]})", file=self.console,
+                  flush=True)
         if log_dir is not None:
-            self._log_to_files(log_dir, {w: r for r, w in enumerate(where)})
+            self._log_to_files(log_dir, {(ip, str(pid)): r for r, (ip, pid) in enumerate(self.where)})
         self.runs = [a.run.remote(self.n, self.listener.address, authkey, setup, threads, self.store)
                      for a in self.actors]
 
     def _log_to_files(self, log_dir: str, rank_of: dict) -> None:
-        """Each worker's lines, as Ray forwards them to the driver, into log_dir/worker_R.log."""
+        """Each worker's lines, as Ray forwards them to the driver, into log_dir/worker_R.log
+        (``rank_of``: (node address, pid as a string, as Ray sends it) -> rank)."""
         # NOTE: Ray has no public hook for the forwarded lines; this handler
         # sits beside the one that prints them on the console.
         from ray._private.worker import global_worker_stdstream_dispatcher
@@ -263,8 +267,8 @@ class RayLauncher(ConnectedWorkers):
                 ray.get(ref)
                 exited[rank] = "its actor stopped"
             except ray.exceptions.RayError as e:
-                cause = str(e).strip().splitlines()
-                exited[rank] = f"its Ray actor on node {self.nodes[rank]} is gone: {cause[0] if cause else e!r}"
+                cause = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                exited[rank] = f"its Ray actor on node {self.nodes[rank]} is gone: {cause[:500]}"
         return exited
 
     def _stop(self, grace: float) -> None:
