@@ -179,15 +179,17 @@ class ConnectedWorkers:
         whose connection stays open while it is gone (its machine lost) is
         caught by the check between waits."""
         deadline = time.monotonic() + timeout
+        conns = [c for c in self.conns if c is not None]
         while True:
-            ready = wait([c for c in self.conns if c is not None],
-                         timeout=max(0.0, min(self.POLL_S, deadline - time.monotonic())))
+            ready = wait(conns, timeout=max(0.0, min(self.POLL_S, deadline - time.monotonic())))
+            if not ready:
+                exited = self._exited()
+                # A worker that failed sent its traceback before it exited: read that first.
+                if exited and not (ready := wait(conns, timeout=0)):
+                    rank = min(exited)
+                    raise WorkerFailure(f"worker {rank} died ({exited[rank]})", rank=rank)
             if ready:
                 break
-            exited = self._exited()
-            if exited:
-                rank = min(exited)
-                raise WorkerFailure(f"worker {rank} died ({exited[rank]})", rank=rank)
             if time.monotonic() >= deadline:
                 return None
         conn = ready[0]

@@ -268,7 +268,7 @@ class RayLauncher(ConnectedWorkers):
                 exited[rank] = "its actor stopped"
             except ray.exceptions.RayError as e:
                 cause = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-                exited[rank] = f"its Ray actor on node {self.nodes[rank]} is gone: {cause[:500]}"
+                exited[rank] = f"its Ray actor on node {self.nodes[rank]} ended: {cause[:500]}"
         return exited
 
     def _stop(self, grace: float) -> None:
