@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import torch.distributed as dist
 
@@ -60,6 +61,7 @@ class RaisingDataset(PromptDataset):
 
     def prompt(self, i: int) -> list[int]:
         if dist.get_rank() == self.rank:
+            print(f"worker {self.rank}: about to fail on purpose", file=sys.stderr, flush=True)   # for the log tests
             raise RuntimeError("deliberate failure from the test dataset")
         return super().prompt(i)
 

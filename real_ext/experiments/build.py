@@ -86,9 +86,22 @@ def resolve(c: ExperimentConfig) -> ExperimentConfig:
         import torch
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' but this torch sees no CUDA GPU; set device: cpu")
+    _check_launcher(c)
     if auto:
         c.allocations = _searched_allocations(c, names)
     return c
+
+
+def _check_launcher(c: ExperimentConfig) -> None:
+    if c.launcher != "ray":
+        if c.ray_address is not None:
+            raise ConfigError("ray_address: used only with launcher: ray; set launcher: ray or remove ray_address")
+        return
+    try:
+        import ray  # noqa: F401  (only checked here; real_ext/runtime/ray_launcher.py uses it)
+    except ImportError:
+        raise ConfigError('launcher: \'ray\' needs Ray, which is not installed; pip install "real_ext[ray]" '
+                          '(or set launcher: local)') from None
 
 
 def _searched_allocations(c: ExperimentConfig, names) -> dict:

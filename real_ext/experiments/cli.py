@@ -1,6 +1,6 @@
 """The ``real-ext`` command.
 
-    real-ext run CONFIG.yaml [KEY=VALUE ...] [--out DIR] [--resume]
+    real-ext run CONFIG.yaml [KEY=VALUE ...] [--out DIR] [--resume] [--launcher ray --address ADDR]
     real-ext check CONFIG.yaml [KEY=VALUE ...]      validate and print the resolved config; starts nothing
     real-ext quickstart [--out DIR] [--resume] [KEY=VALUE ...]
     real-ext generate MODEL_DIR --prompt TEXT [--prompt TEXT ...] [sampling options]
@@ -30,7 +30,7 @@ def _run(args) -> None:
     from real_ext.experiments.pipeline import load, run_pipeline
     from real_ext.experiments.runner import run_experiment
     from real_ext.experiments.schema import PipelineConfig
-    config = load(args.config, args.overrides, args.out)
+    config = load(args.config, args.overrides, args.out, args.launcher, args.address)
     if isinstance(config, PipelineConfig):
         run_pipeline(config, resume=args.resume, console=sys.stdout)
     else:
@@ -139,6 +139,11 @@ def _profile(args) -> None:
     print(f"profile written to {args.out}")
 
 
+def _launcher_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", choices=("local", "ray"), help="what starts the workers (the config's launcher)")
+    p.add_argument("--address", help="launcher ray: the cluster, e.g. auto or HOST:PORT (the config's ray_address)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="real-ext", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="KEY=VALUE with a dotted KEY")
     run.add_argument("--out", help="the run folder (overrides the config's out)")
     run.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    _launcher_flags(run)
     check = sub.add_parser("check", help="validate a config and print it resolved; starts nothing")
     check.add_argument("config")
     check.add_argument("overrides", nargs="*")
@@ -154,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     quick.add_argument("overrides", nargs="*")
     quick.add_argument("--out", default="runs/quickstart")
     quick.add_argument("--resume", action="store_true")
+    _launcher_flags(quick)
     gen = sub.add_parser("generate", help="sample from a Hugging Face checkpoint folder")
     gen.add_argument("model")
     gen.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")

@@ -17,10 +17,17 @@ from real_ext.experiments.schema import ExperimentConfig, PipelineConfig
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
 
-def load(path: str, overrides=(), out: str | None = None) -> ExperimentConfig | PipelineConfig:
+def load(path: str, overrides=(), out: str | None = None, launcher: str | None = None,
+         address: str | None = None) -> ExperimentConfig | PipelineConfig:
     """The typed config in ``path`` with ``overrides`` (``a.b=value``) applied;
-    ``out`` replaces its run folder."""
-    data = apply_overrides(read_yaml(path), list(overrides) + ([f"out={out}"] if out else []))
+    ``out`` replaces its run folder; ``launcher`` and ``address`` its (every
+    stage's) launcher and Ray address."""
+    data = read_yaml(path)
+    runs = [f"stages.{name}." for name in data.get("stages") or {}] if "stages" in data else [""]
+    # json.dumps: the address stays a string, whatever YAML would read in it.
+    given = {"launcher": launcher, "ray_address": json.dumps(address) if address else None}
+    extra = [f"{run}{key}={value}" for run in runs for key, value in given.items() if value]
+    data = apply_overrides(data, list(overrides) + extra + ([f"out={out}"] if out else []))
     if "stages" in data:
         pipeline = from_dict(PipelineConfig, data)
         stage_configs(pipeline)   # type-check every stage now

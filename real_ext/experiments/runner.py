@@ -6,6 +6,7 @@ experiment writes (``out``):
     tensorboard/     event files of the same stats
     trace.json       the runtime's Chrome trace (https://ui.perfetto.dev)
     timeline.png     one row per worker: MFC runs, reallocations, transfers, idle time
+    logs/            launcher ray: each worker's output (worker_R.log)
     checkpoints/     resumable checkpoints (real_ext/experiments/checkpoint.py)
     models/<model>   the trained models at the end, Hugging Face format
     tokenizer/       a fresh model's tokenizer (built-in task models only)
@@ -104,7 +105,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, console=No
                          keys=keys)
     with monitor, Master(built.models, built.algorithm, built.dataset, c.n_workers, device=c.device,
                          threads_per_worker=c.threads_per_worker, offload=c.offload,
-                         eval_dataset=built.eval_dataset) as master:
+                         eval_dataset=built.eval_dataset, launcher=_launcher(c, console)) as master:
         monitor.truncate_after(start)   # lines of steps after the checkpoint (or of a crashed fresh start)
         print(f"[{c.experiment}] data: {json.dumps(built.data_report)}", file=console, flush=True)
         if folder:
@@ -134,6 +135,16 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, console=No
         json.dump(summary, f, indent=1)
     os.replace(os.path.join(out, "done.json.tmp"), os.path.join(out, "done.json"))
     return summary
+
+
+def _launcher(c: ExperimentConfig, console):
+    """What starts the workers (None: the Master's default, local processes)."""
+    if c.launcher == "local":
+        return None
+    import functools
+    from real_ext.runtime.ray_launcher import RayLauncher
+    return functools.partial(RayLauncher, address=c.ray_address, log_dir=os.path.join(c.out, "logs"),
+                             console=console)
 
 
 def _write_trace(master, out: str, timeline: bool) -> None:

@@ -198,6 +198,8 @@ class ExperimentConfig:
     n_workers: int = 1
     device: Literal["cpu", "cuda"] = "cpu"
     threads_per_worker: int = 1
+    launcher: Literal["local", "ray"] = "local"   # ray: workers as Ray actors (pip install "real_ext[ray]")
+    ray_address: str | None = None           # launcher ray: "auto", "HOST:PORT"; default: a new local Ray instance
     actor: ModelSection | None = None
     critic: ModelSection | None = None
     ref: ModelSection | None = None

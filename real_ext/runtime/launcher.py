@@ -1,11 +1,13 @@
-"""The local launcher (the default): N worker processes started with
-multiprocessing (spawn), each talking to the master over an authenticated
-connection on 127.0.0.1 and to each other over torch.distributed (gloo on CPU,
-NCCL on GPU, one worker per GPU)."""
+"""Starting the workers and talking to them. Every worker runs ``serve``: it
+connects back to the master over an authenticated connection (requests in,
+replies and failures out) and joins a torch.distributed world with the other
+workers (gloo on CPU, NCCL on GPU, one worker per GPU). ``ConnectedWorkers`` is
+the master's side of those connections; ``LocalLauncher`` (the default) starts
+the workers as local processes (multiprocessing, spawn, 127.0.0.1), and
+real_ext/runtime/ray_launcher.py as Ray actors across machines."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import secrets
 import signal
 import queue
@@ -31,22 +33,23 @@ def _no_delay(conn) -> None:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _worker_main(rank: int, world_size: int, address, authkey: bytes, dist_port: int, setup, threads: int):
-    # Ctrl-C is the master's to handle: it stops the workers (shutdown, then terminate).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Client(address, authkey=authkey)
-    _no_delay(conn)
+def serve(rank: int, world_size: int, conn, setup, threads: int, rendezvous: dict) -> None:
+    """The body of every worker, however it was started (a local process or a
+    Ray actor): join the torch.distributed world (``rendezvous``: the
+    init_process_group arguments that say where), build the Worker, execute the
+    master's operations from ``conn``; an exception goes back to the master
+    with its traceback."""
     conn.send(("hello", rank))
     try:
         import torch
         import torch.distributed as dist
         torch.set_num_threads(threads)
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(dist_port))
         backend = "nccl" if setup.device.startswith("cuda") else "gloo"
         if backend == "nccl":
+            # Local: worker r on GPU r mod the GPU count; under Ray each worker sees only its own GPU.
             torch.cuda.set_device(rank % torch.cuda.device_count())
             setup.device = f"cuda:{rank % torch.cuda.device_count()}"
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend, rank=rank, world_size=world_size, **rendezvous)
         from real_ext.runtime.worker import Worker, worker_loop
         worker = Worker(rank, world_size, setup)
         conn.send(("ready", rank))
@@ -67,6 +70,20 @@ def _worker_main(rank: int, world_size: int, address, authkey: bytes, dist_port:
             pass
 
 
+def connect(address, authkey: bytes):
+    """A worker's connection to the master's listener."""
+    conn = Client(address, authkey=authkey)
+    _no_delay(conn)
+    return conn
+
+
+def _worker_main(rank: int, world_size: int, address, authkey: bytes, dist_port: int, setup, threads: int):
+    # Ctrl-C is the master's to handle: it stops the workers (shutdown, then terminate).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(rank, world_size, connect(address, authkey), setup, threads,
+          {"init_method": f"tcp://127.0.0.1:{dist_port}"})
+
+
 class WorkerFailure(RuntimeError):
     """A worker raised or died; the message names it, the MFC and the traceback."""
 
@@ -75,29 +92,39 @@ class WorkerFailure(RuntimeError):
         self.rank = rank
 
 
-class LocalLauncher:
-    def __init__(self, n_workers: int, setup, *, threads_per_worker: int = 1, start_timeout: float = 300.0):
-        self.n = n_workers
-        self.closed = False
-        authkey = secrets.token_bytes(32)
-        self.listener = Listener(("127.0.0.1", 0), authkey=authkey)
-        ctx = mp.get_context("spawn")
-        port = _free_port()
-        self.procs = [ctx.Process(target=_worker_main, daemon=True,
-                                  args=(r, n_workers, self.listener.address, authkey, port, setup,
-                                        threads_per_worker))
-                      for r in range(n_workers)]
-        for p in self.procs:
-            p.start()
-        self.conns = [None] * n_workers
-        try:
-            self._connect(time.monotonic() + start_timeout)
-        except BaseException:
-            self.close()
-            raise
+class ConnectedWorkers:
+    """The master's side of N workers that connect back to its listener: the
+    start handshake, requests out, replies in, failures as WorkerFailure. A
+    subclass starts the workers, then calls ``_connect``; it says which
+    workers are gone (``_exited``) and how to stop them for good (``_stop``)."""
 
-    def _dead(self) -> str:
-        return ", ".join(f"worker {r} (exit code {p.exitcode})" for r, p in enumerate(self.procs) if not p.is_alive())
+    POLL_S = 1.0   # a quiet wait checks this often that every worker still runs
+
+    def __init__(self, n_workers: int, listener: Listener):
+        self.n = n_workers
+        self.listener = listener
+        self.conns = [None] * n_workers
+        self.closed = False
+
+    def _exited(self) -> dict[int, str]:
+        """rank -> why it is gone (an exit code, a lost node), for workers no longer running."""
+        raise NotImplementedError
+
+    def _stop(self, grace: float) -> None:
+        """Make sure every worker is gone, waiting at most ``grace`` seconds for a clean exit."""
+        raise NotImplementedError
+
+    def _describe(self, exited: dict[int, str]) -> str:
+        return ", ".join(f"worker {r} ({why})" for r, why in sorted(exited.items()))
+
+    def _why_gone(self, rank: int, wait_s: float = 5.0) -> str:
+        """Why ``rank`` is gone, once its launcher knows (its connection closed first)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            exited = self._exited()
+            if rank in exited or time.monotonic() > deadline:
+                return exited.get(rank, "connection lost")
+            time.sleep(0.1)
 
     def _connect(self, deadline: float) -> None:
         """Accept every worker's connection, then wait for each to report ready,
@@ -113,18 +140,16 @@ class LocalLauncher:
                 except OSError:  # the listener was closed: we gave up
                     return
         threading.Thread(target=accept, daemon=True).start()
-        waiting = set(range(self.n))
-        while waiting:
+        while not all(c is not None for c in self.conns):
             try:
                 rank, conn = accepted.get(timeout=0.5)
                 self.conns[rank] = conn
                 continue
             except queue.Empty:
                 pass
-            if any(not self.procs[r].is_alive() for r in range(self.n) if self.conns[r] is None):
-                raise WorkerFailure(f"workers died before connecting: {self._dead()}")
-            if all(c is not None for c in self.conns):
-                break
+            exited = {r: why for r, why in self._exited().items() if self.conns[r] is None}
+            if exited:
+                raise WorkerFailure(f"workers died before connecting: {self._describe(exited)}")
             if time.monotonic() > deadline:
                 raise WorkerFailure("workers did not connect in time")
         starting = set(range(self.n))
@@ -134,10 +159,14 @@ class LocalLauncher:
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
-                    raise WorkerFailure(f"worker {rank} died while starting: {self._dead()}", rank=rank) from None
+                    raise WorkerFailure(f"worker {rank} died while starting ({self._why_gone(rank)})",
+                                        rank=rank) from None
                 if msg[0] == "failed":
                     raise WorkerFailure(f"worker {rank} failed while starting:\n{msg[1]}", rank=rank)
                 starting.discard(rank)
+            exited = {r: why for r, why in self._exited().items() if r in starting}
+            if exited:
+                raise WorkerFailure(f"workers died while starting: {self._describe(exited)}")
             if time.monotonic() > deadline:
                 raise WorkerFailure(f"workers {sorted(starting)} did not finish starting in time")
 
@@ -146,27 +175,36 @@ class LocalLauncher:
 
     def receive(self, timeout: float):
         """(rank, reply) of the next reply from any worker, or None on timeout.
-        Raises WorkerFailure when a worker died or reported a failure."""
-        ready = wait([c for c in self.conns if c is not None], timeout=timeout)
-        if not ready:
-            for rank, p in enumerate(self.procs):
-                if not p.is_alive():
-                    raise WorkerFailure(f"worker {rank} died (exit code {p.exitcode})", rank=rank)
-            return None
+        Raises WorkerFailure when a worker died or reported a failure. A worker
+        whose connection stays open while it is gone (its machine lost) is
+        caught by the check between waits."""
+        deadline = time.monotonic() + timeout
+        conns = [c for c in self.conns if c is not None]
+        while True:
+            ready = wait(conns, timeout=max(0.0, min(self.POLL_S, deadline - time.monotonic())))
+            if not ready:
+                exited = self._exited()
+                # A worker that failed sent its traceback before it exited: read that first.
+                if exited and not (ready := wait(conns, timeout=0)):
+                    rank = min(exited)
+                    raise WorkerFailure(f"worker {rank} died ({exited[rank]})", rank=rank)
+            if ready:
+                break
+            if time.monotonic() >= deadline:
+                return None
         conn = ready[0]
         rank = self.conns.index(conn)
         try:
             msg = conn.recv()
         except (EOFError, OSError):
-            self.procs[rank].join(timeout=5)
-            raise WorkerFailure(f"worker {rank} died (exit code {self.procs[rank].exitcode})", rank=rank) from None
+            raise WorkerFailure(f"worker {rank} died ({self._why_gone(rank)})", rank=rank) from None
         if isinstance(msg, tuple) and msg[0] == "failed":
             raise WorkerFailure(f"worker {rank} failed:\n{msg[1]}", rank=rank)
         return rank, msg
 
     def close(self, grace: float = 10.0) -> None:
         """Stop every worker: a shutdown request, then (after ``grace`` seconds
-        for all together) terminate, then kill. Safe to call twice."""
+        for all together) force. Safe to call twice."""
         if self.closed:
             return
         self.closed = True
@@ -176,6 +214,40 @@ class LocalLauncher:
                     conn.send(ops.Op(-1, ops.SHUTDOWN, "shutdown", (rank,)))
                 except OSError:
                     pass
+        try:
+            self._stop(grace)
+        finally:
+            for conn in self.conns:
+                if conn is not None:
+                    conn.close()
+            self.listener.close()
+
+
+class LocalLauncher(ConnectedWorkers):
+    """The workers as local processes (multiprocessing, spawn)."""
+
+    def __init__(self, n_workers: int, setup, *, threads_per_worker: int = 1, start_timeout: float = 300.0):
+        authkey = secrets.token_bytes(32)
+        super().__init__(n_workers, Listener(("127.0.0.1", 0), authkey=authkey))
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        self.procs = [ctx.Process(target=_worker_main, daemon=True,
+                                  args=(r, n_workers, self.listener.address, authkey, port, setup,
+                                        threads_per_worker))
+                      for r in range(n_workers)]
+        for p in self.procs:
+            p.start()
+        try:
+            self._connect(time.monotonic() + start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _exited(self) -> dict[int, str]:
+        return {r: f"exit code {p.exitcode}" for r, p in enumerate(self.procs) if p.exitcode is not None}
+
+    def _stop(self, grace: float) -> None:
+        """Wait, then terminate, then kill."""
         deadline = time.monotonic() + grace
         for p in self.procs:
             p.join(timeout=max(deadline - time.monotonic(), 0.0))
@@ -187,7 +259,3 @@ class LocalLauncher:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
-        for conn in self.conns:
-            if conn is not None:
-                conn.close()
-        self.listener.close()

@@ -52,7 +52,10 @@ class Master:
                  trace: Trace | None = None, eval_dataset=None):
         """``offload`` names models (inference-only) whose parameters wait in host
         memory between their calls (reloaded before each, offloaded after).
-        ``eval_dataset`` is what ``evaluate`` runs the algorithm's eval MFCs on."""
+        ``eval_dataset`` is what ``evaluate`` runs the algorithm's eval MFCs on.
+        ``launcher`` starts the workers: ``launcher(n_workers, setup,
+        threads_per_worker=...)``, LocalLauncher by default (RayLauncher in
+        real_ext/runtime/ray_launcher.py, e.g. through functools.partial)."""
         self.models, self.algorithm, self.dataset = models, algorithm, dataset
         self.datasets = {"train": dataset} if eval_dataset is None else {"train": dataset, "eval": eval_dataset}
         self.mfcs = algorithm.mfcs()
@@ -64,7 +67,7 @@ class Master:
         self.n_workers = n_workers
         self.trace = trace or Trace()
         self.setup = Setup(models, self.mfcs, self.homes, self.datasets, device)
-        self.launcher = launcher or LocalLauncher(n_workers, self.setup, threads_per_worker=threads_per_worker)
+        self.launcher = (launcher or LocalLauncher)(n_workers, self.setup, threads_per_worker=threads_per_worker)
         self.next_id = 0
         self.pending: dict[int, set[int]] = {}
         self.replies: dict[int, dict[int, ops.Reply]] = {}
