@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import io
 import os
-import socket
+import shutil
+import tempfile
 import traceback
 
 import torch
 import torch.multiprocessing as mp
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world_size, port, fn, args, queue):
+def _worker(rank, world_size, store_file, fn, args, queue):
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        # A file store: torch's TCP store would listen on every interface.
+        dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world_size)
         # Serialized to bytes: tensors in shared memory would vanish with this process.
         buf = io.BytesIO()
         torch.save(fn(rank, world_size, *args), buf)
@@ -39,8 +34,9 @@ def run_workers(fn, world_size: int, *args, timeout: float = 300.0) -> list:
     """fn(rank, world_size, *args) on every rank; returns the results by rank."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    store_dir = tempfile.mkdtemp(prefix="real_ext_store_")
+    store = os.path.join(store_dir, "store")
+    procs = [ctx.Process(target=_worker, args=(r, world_size, store, fn, args, queue)) for r in range(world_size)]
     for p in procs:
         p.start()
     results, errors = {}, []
@@ -56,6 +52,7 @@ def run_workers(fn, world_size: int, *args, timeout: float = 300.0) -> list:
             p.join(timeout=5 if errors else 30)
             if p.is_alive():
                 p.kill()
+        shutil.rmtree(store_dir, ignore_errors=True)
     if errors:
         raise RuntimeError("worker failed\n" + "\n".join(errors))
     return [results[r] for r in range(world_size)]

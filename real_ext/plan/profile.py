@@ -26,7 +26,8 @@ import json
 import os
 import platform
 import queue as queue_module
-import socket
+import shutil
+import tempfile
 import time
 
 import torch
@@ -202,11 +203,11 @@ def _iterations(nbytes: int) -> int:
     return max(3, min(100, 3 * (1 << 24) // nbytes))
 
 
-def _comm_worker(rank: int, port: int, threads: int, queue):
+def _comm_worker(rank: int, store_file: str, threads: int, queue):
     torch.set_num_threads(threads)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=2)
+        # A file store: torch's TCP store would listen on every interface.
+        dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
         p2p, ar = [], []
         for nbytes in COMM_SIZES:
             x = torch.zeros(max(1, nbytes // 4))
@@ -244,10 +245,9 @@ def _fit(sizes, times) -> dict:
 def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_comm_worker, args=(r, port, threads, queue)) for r in range(2)]
+    store_dir = tempfile.mkdtemp(prefix="real_ext_store_")
+    store = os.path.join(store_dir, "store")
+    procs = [ctx.Process(target=_comm_worker, args=(r, store, threads, queue)) for r in range(2)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout
@@ -270,6 +270,7 @@ def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
+        shutil.rmtree(store_dir, ignore_errors=True)
     if status != "ok":
         raise RuntimeError(f"profiling gloo between two local processes failed: {p2p}")
     sizes = [max(1, n // 4) * 4 for n in COMM_SIZES]

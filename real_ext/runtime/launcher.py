@@ -8,22 +8,19 @@ real_ext/runtime/ray_launcher.py as Ray actors across machines."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import secrets
+import shutil
 import signal
 import queue
 import socket
+import tempfile
 import threading
 import time
 import traceback
 from multiprocessing.connection import Client, Listener, wait
 
 from real_ext.runtime import ops
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _no_delay(conn) -> None:
@@ -77,11 +74,10 @@ def connect(address, authkey: bytes):
     return conn
 
 
-def _worker_main(rank: int, world_size: int, address, authkey: bytes, dist_port: int, setup, threads: int):
+def _worker_main(rank: int, world_size: int, address, authkey: bytes, store_file: str, setup, threads: int):
     # Ctrl-C is the master's to handle: it stops the workers (shutdown, then terminate).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(rank, world_size, connect(address, authkey), setup, threads,
-          {"init_method": f"tcp://127.0.0.1:{dist_port}"})
+    serve(rank, world_size, connect(address, authkey), setup, threads, {"init_method": f"file://{store_file}"})
 
 
 class WorkerFailure(RuntimeError):
@@ -230,10 +226,12 @@ class LocalLauncher(ConnectedWorkers):
         authkey = secrets.token_bytes(32)
         super().__init__(n_workers, Listener(("127.0.0.1", 0), authkey=authkey))
         ctx = mp.get_context("spawn")
-        port = _free_port()
+        # The rendezvous store is a file: torch's TCP store would listen on every
+        # interface, not only on 127.0.0.1.
+        self.store_dir = tempfile.mkdtemp(prefix="real_ext_store_")
         self.procs = [ctx.Process(target=_worker_main, daemon=True,
-                                  args=(r, n_workers, self.listener.address, authkey, port, setup,
-                                        threads_per_worker))
+                                  args=(r, n_workers, self.listener.address, authkey,
+                                        os.path.join(self.store_dir, "store"), setup, threads_per_worker))
                       for r in range(n_workers)]
         for p in self.procs:
             p.start()
@@ -247,7 +245,7 @@ class LocalLauncher(ConnectedWorkers):
         return {r: f"exit code {p.exitcode}" for r, p in enumerate(self.procs) if p.exitcode is not None}
 
     def _stop(self, grace: float) -> None:
-        """Wait, then terminate, then kill."""
+        """Wait, then terminate, then kill; then remove the rendezvous file."""
         deadline = time.monotonic() + grace
         for p in self.procs:
             p.join(timeout=max(deadline - time.monotonic(), 0.0))
@@ -259,3 +257,4 @@ class LocalLauncher(ConnectedWorkers):
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
+        shutil.rmtree(self.store_dir, ignore_errors=True)
