@@ -59,7 +59,7 @@ def main():
     p.add_argument("--min-len", type=int, default=64)
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2, help="measured iterations (after one warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="measured iterations (after one warm-up); the median counts")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
