@@ -23,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth, emit, machine, markdown_table, matmul_ceiling  # noqa: E402
+from common import copy_bandwidth, emit, machine, markdown_table, matmul_ceiling, sync  # noqa: E402
 
 from bench_model import CONFIG as SMALL  # noqa: E402  (the training-step bench's ~33M-parameter LLaMA)
 
@@ -52,11 +52,6 @@ def timed(device, fn):
     out = fn()
     sync(device)
     return out, time.perf_counter() - t0
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_hf(model, prompts, new_tokens, device):

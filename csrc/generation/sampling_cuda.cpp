@@ -7,6 +7,7 @@
 #include <climits>
 
 #include "common/check.h"
+#include "common/cuda_capture.h"
 #include "generation/sampling_checks.h"
 #include "generation/sampling_launch.h"
 
@@ -31,10 +32,8 @@ SampleDType sample_dtype(at::ScalarType t) {
 // skipped while a CUDA graph is being captured, where bad rows are left as
 // token -1 / logprob NaN.
 void check_kernel_report(const at::Tensor& errors, const at::Tensor& banned, const at::Tensor& uniform,
-                         int64_t vocab, cudaStream_t stream) {
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  TORCH_CHECK(cudaStreamIsCapturing(stream, &capture) == cudaSuccess, "sample_tokens: cudaStreamIsCapturing failed");
-  if (capture != cudaStreamCaptureStatusNone) return;
+                         int64_t vocab) {
+  if (cuda_capturing()) return;
   const at::Tensor host = errors.to(at::kCPU);
   const int32_t* e = host.data_ptr<int32_t>();
   if (e[kSampleErrBanned] != INT_MAX)
@@ -81,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> sample_tokens_cuda(const at::Tensor& logits, 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const cudaError_t err = sample_tokens_cuda_launch(a, stream);
   TORCH_CHECK(err == cudaSuccess, "sample_tokens: CUDA kernel launch failed: ", cudaGetErrorString(err));
-  check_kernel_report(errors, ban, u, shape.vocab, stream);
+  check_kernel_report(errors, ban, u, shape.vocab);
   return {tokens, logprobs};
 }
 

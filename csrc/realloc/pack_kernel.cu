@@ -118,18 +118,12 @@ __global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes
   }
 }
 
-// Blocks along y for the largest box: enough for one pass of kUnroll units
-// per thread over max_units (its 16-byte words), at most kMaxBoxBlocks.
-dim3 grid_for(int64_t n, int64_t max_units) {
-  const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll;
-  const int64_t y = (max_units + per_block - 1) / per_block;
-  return dim3(static_cast<unsigned>(n < 65535 ? n : 65535),
-              static_cast<unsigned>(y < 1 ? 1 : y > kMaxBoxBlocks ? kMaxBoxBlocks : y));
-}
-
-// The EMA kernel: one warp per 2048-element row segment, 8 warps a block.
-dim3 ema_grid_for(int64_t n, int64_t max_segments) {
-  const int64_t y = (max_segments + kThreads / 32 - 1) / (kThreads / 32);
+// x: the boxes (at most 65535 blocks, then they loop); y: enough blocks for
+// the largest box's work once over, per_block items a block, at most
+// kMaxBoxBlocks. The copy kernel's items are 16-byte words, kUnroll per
+// thread; the EMA kernel's are 2048-element row segments, one per warp.
+dim3 grid_for(int64_t n, int64_t max_work, int64_t per_block) {
+  const int64_t y = (max_work + per_block - 1) / per_block;
   return dim3(static_cast<unsigned>(n < 65535 ? n : 65535),
               static_cast<unsigned>(y < 1 ? 1 : y > kMaxBoxBlocks ? kMaxBoxBlocks : y));
 }
@@ -139,16 +133,15 @@ dim3 ema_grid_for(int64_t n, int64_t max_segments) {
 cudaError_t realloc_copy_boxes_cuda(void* flat, void* buffer, const PackBox* boxes, int64_t n, int64_t elem_bytes,
                                     int64_t max_units, bool unpack, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  copy_boxes_kernel<<<grid_for(n, max_units), kThreads, 0, stream>>>(static_cast<char*>(flat),
-                                                                     static_cast<char*>(buffer), boxes, n, elem_bytes,
-                                                                     unpack);
+  copy_boxes_kernel<<<grid_for(n, max_units, kThreads * kUnroll), kThreads, 0, stream>>>(
+      static_cast<char*>(flat), static_cast<char*>(buffer), boxes, n, elem_bytes, unpack);
   return cudaGetLastError();
 }
 
 cudaError_t realloc_unpack_ema_cuda(void* flat, const void* buffer, const PackBox* boxes, int64_t n, PackDType dtype,
                                     int64_t max_segments, double eta, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const dim3 grid = ema_grid_for(n, max_segments);
+  const dim3 grid = grid_for(n, max_segments, kThreads / 32);
   switch (dtype) {
     case PackDType::kFloat32:
       unpack_ema_kernel<float, float><<<grid, kThreads, 0, stream>>>(

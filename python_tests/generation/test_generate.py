@@ -161,3 +161,20 @@ def test_padded_bucket_steps_equal_exact_steps(models, monkeypatch):
     assert padded.output_ids == exact.output_ids and padded.stopped == exact.stopped
     for a, b in zip(padded.logprobs, exact.logprobs):
         assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5
+
+
+@pytest.mark.parametrize("padded_buckets", [False, True])
+def test_decoding_past_a_sliding_window_is_refused(monkeypatch, padded_buckets):
+    """Sliding-window attention is not implemented: a decode step that would
+    run past the window raises, on the eager and the CUDA-graph path alike."""
+    from python_tests.model.hf_models import hf_config
+    from real_ext.generation import engine
+    from real_ext.model.config import ModelConfig
+    config = hf_config("mistral").to_dict()
+    model = ReaLModel.from_config(ModelConfig.from_hf_dict(dict(config, sliding_window=12)))
+    if padded_buckets:  # the graph path's bookkeeping, run eagerly on the CPU
+        monkeypatch.setattr(engine, "usable", lambda model, config: True)
+    fits = generate(model, [[5] * 6], GenerationConfig(max_new_tokens=6, greedy=True))
+    assert len(fits.output_ids[0]) == 6  # the last step sees 6 + 5 = 11 tokens
+    with pytest.raises(ValueError, match="a sequence of 13 tokens exceeds sliding_window=12"):
+        generate(model, [[5] * 6], GenerationConfig(max_new_tokens=8, greedy=True))

@@ -15,6 +15,7 @@ from real_ext.model.train import OptimConfig
 from real_ext.runtime import Allocation, ModelSpec
 from real_ext.tasks import get_task
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK = get_task("sort", min_len=3, max_len=5)
 PPO_MFCS = ("actor_gen", "reward_inf", "ref_inf", "critic_inf", "actor_train", "critic_train")
 
@@ -73,3 +74,12 @@ class KillingDataset(RaisingDataset):
         if dist.get_rank() == self.rank:
             os.kill(os.getpid(), signal.SIGKILL)
         return PromptDataset.prompt(self, i)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -15,17 +15,6 @@ import pytest
 from python_tests.runtime import experiments as ex
 from real_ext.runtime import Master, WorkerFailure
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 def _fail_and_stop(dataset, match: str) -> tuple[str, float, list]:
     master = Master(ex.ppo_models(), ex.ppo(ex.four_workers()), dataset, 4)
@@ -68,10 +57,10 @@ if __name__ == "__main__":
 def test_ctrl_c_stops_master_and_workers(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(INTERRUPTED_RUN)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ex.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # A session of its own, so that the SIGINT goes to its whole process group as a terminal's Ctrl-C does.
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO, start_new_session=True)
+                            text=True, env=env, cwd=ex.REPO, start_new_session=True)
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 4, proc.stderr.read()
@@ -80,9 +69,9 @@ def test_ctrl_c_stops_master_and_workers(tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
         deadline = t0 + 60
-        while any(_alive(p) for p in pids) and time.time() < deadline:
+        while any(ex.alive(p) for p in pids) and time.time() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(p) for p in pids), "workers outlived the interrupted master"
+        assert not any(ex.alive(p) for p in pids), "workers outlived the interrupted master"
         assert "KeyboardInterrupt" in proc.stderr.read()
     finally:
         if proc.poll() is None:

@@ -30,8 +30,6 @@ from real_ext.runtime import Master, WorkerFailure  # noqa: E402
 from real_ext.runtime.ray_launcher import RayLauncher  # noqa: E402
 from real_ext.runtime.worker import Setup  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _off_loopback() -> set[str]:
     """Local addresses of listening TCP sockets and bound UDP sockets outside loopback."""
@@ -114,14 +112,6 @@ def test_nothing_listens_beyond_loopback(runs):
     assert not new_listeners, f"listening outside loopback during the runs: {sorted(new_listeners)}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _fail(dataset, log_dir) -> tuple[str, float, list[int]]:
     """The failing step under Ray: its message, seconds from its start until
     everything stopped, and the workers' pids."""
@@ -142,7 +132,7 @@ def test_a_raising_worker_stops_the_run_with_its_traceback(cluster, tmp_path):
     assert "worker 2 failed in 'actor_gen'" in message, message
     assert "Traceback" in message and "deliberate failure from the test dataset" in message
     assert seconds < 60
-    assert not any(_alive(p) for p in pids)
+    assert not any(ex.alive(p) for p in pids)
     assert "about to fail on purpose" in (tmp_path / "worker_2.log").read_text()
 
 
@@ -150,7 +140,7 @@ def test_a_killed_worker_is_named(cluster, tmp_path):
     message, seconds, pids = _fail(ex.KillingDataset(ex.prompts().prompts, rank=1), tmp_path)
     assert "worker 1 died" in message and "Ray actor" in message and "'actor_gen'" in message, message
     assert seconds < 60
-    assert not any(_alive(p) for p in pids)
+    assert not any(ex.alive(p) for p in pids)
 
 
 def test_cli_runs_an_experiment_on_ray(cluster, tmp_path, capsys):
@@ -212,8 +202,8 @@ def test_without_ray_the_config_says_how_to_install_it(tmp_path):
     from real_ext.experiments.config import dump_yaml
     cfg = tmp_path / "sft.yaml"
     dump_yaml(experiments.raw("sft", str(tmp_path / "run"), actor=None), str(cfg))
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ex.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", WITHOUT_RAY, str(cfg)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120)
+                          cwd=ex.REPO, timeout=120)
     assert "exit 2 imported ray: []" in done.stdout, done.stdout + done.stderr
     assert "launcher: 'ray' needs Ray" in done.stderr and 'pip install "real_ext[ray]"' in done.stderr, done.stderr

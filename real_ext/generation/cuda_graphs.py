@@ -37,8 +37,16 @@ SCRATCH = -(1 << 40)  # the cache sequence id of the padding rows' block
 
 
 def usable(model, config) -> bool:
-    return (config.cuda_graphs and model.flat.device.type == "cuda" and model.ctx.tp == 1 and model.ctx.pp == 1
-            and torch.cuda.is_available())
+    """Whether generate() replays graphs: asked for, on CUDA, one stage, no tensor parallelism."""
+    return config.cuda_graphs and model.flat.device.type == "cuda" and model.ctx.tp == 1 and model.ctx.pp == 1
+
+
+def layout(buf, bucket: int, width: int):
+    """The step inputs' views of an input buffer (numpy or torch) laid out for
+    `bucket` rows: tokens, positions, slots, seq_lens (bucket,) and the block
+    table (bucket, width)."""
+    tokens, positions, slots, lens = (buf[i * bucket:(i + 1) * bucket] for i in range(4))
+    return tokens, positions, slots, lens, buf[4 * bucket:bucket * (4 + width)].reshape(bucket, width)
 
 
 class DecodeGraphs:
@@ -98,8 +106,7 @@ class DecodeGraphs:
         """The step's inputs in pinned memory, padded to the bucket."""
         cache, width = self.cache, self.width
         buf = self.host[:bucket * (4 + width)].numpy()
-        tokens, positions, slots, lens = (buf[i * bucket:(i + 1) * bucket] for i in range(4))
-        table = buf[4 * bucket:].reshape(bucket, width)
+        tokens, positions, slots, lens, table = layout(buf, bucket, width)
         for i, s in enumerate(running):
             slots[i] = cache.allocate(s.index, 1)[0]
             blocks = cache.blocks[s.index]
@@ -117,17 +124,16 @@ class DecodeGraphs:
 
     def _pad(self, buf: np.ndarray, first: int, bucket: int) -> None:
         """Rows first..bucket-1: token 0 at position 0 into the scratch block."""
-        tokens, positions, slots, lens = (buf[i * bucket:(i + 1) * bucket] for i in range(4))
+        tokens, positions, slots, lens, table = layout(buf, bucket, self.width)
         tokens[first:], positions[first:], lens[first:] = 0, 0, 1
         slots[first:] = self.scratch_block * self.cache.block_size
-        buf[4 * bucket:].reshape(bucket, self.width)[first:] = self.scratch_block
+        table[first:] = self.scratch_block
 
     def _step(self, bucket: int) -> torch.Tensor:
         """The decode step over the device input buffer laid out for `bucket`."""
-        buf, width = self.device_inputs, self.width
-        tokens, positions, slots, lens = (buf[i * bucket:(i + 1) * bucket] for i in range(4))
-        table = buf[4 * bucket:bucket * (4 + width)].view(bucket, width).to(torch.int32)
-        step = CacheStep(self.cache, slots, decode=True, block_tables=table, seq_lens=lens.to(torch.int32))
+        tokens, positions, slots, lens, table = layout(self.device_inputs, bucket, self.width)
+        step = CacheStep(self.cache, slots, decode=True, block_tables=table.to(torch.int32),
+                         seq_lens=lens.to(torch.int32))
         return self.model.head_output(self.model.forward_stage(tokens, self.model.decode_info(positions, step)))
 
     def _capture(self, bucket: int):

@@ -98,9 +98,8 @@ def draw(logits: torch.Tensor, samples: list[Sample], seed: int, step: int, conf
         u = torch.zeros(len(samples), dtype=torch.float32, device=device)
     else:
         u = uniforms(seed, [s.sample_id for s in samples], step).to(device)
-    hold_stop = None
-    if config.stop_token_ids and any(len(s.tokens) < config.min_new_tokens for s in samples):
-        hold_stop = torch.tensor([len(s.tokens) < config.min_new_tokens for s in samples], device=device)
+    hold = [len(s.tokens) < config.min_new_tokens for s in samples]
+    hold_stop = torch.tensor(hold, device=device) if config.stop_token_ids and any(hold) else None
     tokens, logprobs = ops.sample_tokens(
         logits, u, greedy=config.greedy, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
         suppress=hold_stop, banned=_banned(config.stop_token_ids, device) if hold_stop is not None else None)
@@ -146,9 +145,20 @@ def prefill(model, cache: PagedKVCache, prompts, seq_ids: list[int]) -> torch.Te
     return torch.cat(last)
 
 
+def check_window(model, running: list[Sample]) -> None:
+    """A decode step must not run past a sliding attention window (on the
+    host: the step's info is built without reading the device)."""
+    window = model.config.sliding_window
+    longest = max(s.prompt_len + len(s.tokens) for s in running)
+    if window is not None and longest > window:
+        raise ValueError(f"a sequence of {longest} tokens exceeds sliding_window={window}; "
+                         f"sliding-window attention is not implemented")
+
+
 def decode_inputs(model, cache: PagedKVCache, running: list[Sample]):
     """(last token of each sample, packed info) for one decode step; takes a
     cache slot per sample."""
+    check_window(model, running)
     device = model.flat.device
     seqs = [s.index for s in running]
     slots = [cache.allocate(seq, 1)[0] for seq in seqs]
@@ -200,6 +210,7 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
         if not running:
             break
         if graphs is not None and graphs.fits(len(running)):
+            check_window(model, running)
             logits = graphs.logits(running)
         else:
             logits = decode_step(model, cache, running)

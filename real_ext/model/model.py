@@ -154,18 +154,19 @@ class ReaLModel(nn.Module):
         if self.config.sliding_window is not None and longest > self.config.sliding_window:
             raise ValueError(f"a sequence of {longest} tokens exceeds sliding_window="
                              f"{self.config.sliding_window}; sliding-window attention is not implemented")
-        if self._inv_freq is not None:
-            info.rope = rope_cos_sin(self._inv_freq, info.positions, self.flat.dtype)
-        return info
+        return self._with_rope(info)
 
     def decode_info(self, positions: torch.Tensor, cache) -> PackedInfo:
         """PackedInfo of a decode step (one new token per sequence at
         `positions`) without reading anything back to the host, so that it can
-        be captured in a CUDA graph; generate() has checked the positions fit."""
+        be captured in a CUDA graph; generate() checks the positions fit (its
+        request check: the context; check_window: a sliding window)."""
         cu = torch.arange(positions.shape[0] + 1, dtype=torch.int32, device=positions.device)
-        info = PackedInfo(cu, positions, cache, max_len=1)
+        return self._with_rope(PackedInfo(cu, positions, cache, max_len=1))
+
+    def _with_rope(self, info: PackedInfo) -> PackedInfo:
         if self._inv_freq is not None:
-            info.rope = rope_cos_sin(self._inv_freq, positions, self.flat.dtype)
+            info.rope = rope_cos_sin(self._inv_freq, info.positions, self.flat.dtype)
         return info
 
     def embed(self, input_ids: torch.Tensor, info: PackedInfo) -> torch.Tensor:
