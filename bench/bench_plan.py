@@ -4,15 +4,23 @@ each run for real (seconds per step, the mean of the steps after the first
 two) and simulated with the profiled cost model (`real-ext profile`), then the
 searched plan run and compared with the symmetric and disjoint baselines.
 
-    python bench/bench_plan.py [--steps 10] [--profile runs/profile.json] [--search-time 20]
+    python bench/bench_plan.py [--rounds 2] [--steps 8] [--profile PATH] [--search-time 20]
 
-Prints, per allocation, each MFC's measured (runtime trace) and simulated
-run time, then a markdown table: measured and simulated seconds per step,
-the error, the median error, and the searched plan's measured speed-up over
-the baselines. `--workers 1` puts every MFC on one worker: the cost model
+This machine's speed drifts by 10-50% over minutes (other tenants of the
+host): a profile only describes the minutes around it. So each round first
+profiles the machine, then simulates and measures every allocation with that
+profile; the table gives each allocation's median over the rounds. The plan is
+searched once, on the first round's profile. `--profile PATH` uses one saved
+profile for every round instead.
+
+Prints, per allocation and round, each MFC's measured (runtime trace) and
+simulated run time, then a markdown table: measured and simulated seconds per
+step, the error, the median error, and the searched plan's measured speed-up
+over the baselines. `--workers 1` puts every MFC on one worker: the cost model
 alone, without workers sharing cores.
 """
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -24,6 +32,7 @@ from real_ext.experiments.config import from_dict
 from real_ext.experiments.runner import run_experiment
 from real_ext.experiments.schema import ExperimentConfig
 from real_ext.plan.problem import problem_from_config
+from real_ext.plan.profile import run_profile
 from real_ext.plan.search import disjoint, search, symmetric
 from real_ext.runtime.spec import Allocation
 
@@ -86,10 +95,15 @@ def _median_runs(spans) -> dict[str, float]:
     return {name: statistics.median(e - s for s, e in c[2:] or c) for name, c in calls.items()}
 
 
+def _each(xs) -> str:
+    return ", ".join(f"{x:.3f}" for x in xs)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--profile", default="runs/profile.json")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--profile", default=None, help="a saved profile for every round (default: profile each round)")
     p.add_argument("--search-time", type=float, default=20.0)
     p.add_argument("--workers", type=int, choices=(1, 4), default=4)
     args = p.parse_args()
@@ -99,40 +113,43 @@ def main():
         HAND["one worker"] = {n: A((0,)) for n in ("actor_gen", "reward_inf", "ref_inf", "critic_inf",
                                                  "actor_train", "critic_train")}
     tmp = tempfile.mkdtemp(prefix="bench_plan_")
-    base = resolve(dataclasses.replace(config({}, tmp), plan=dataclasses.replace(
-        from_dict(ExperimentConfig, dict(EXPERIMENT)).plan, profile=args.profile)))
-    cost = local_cost(base)
-    problem = problem_from_config(base, cost)
-    rows = []
-
-    def compare(name, allocations):
-        c = resolve(config(allocations, os.path.join(tmp, name.replace(" ", "_").replace("/", "_"))))
-        sim = problem.evaluate(c.allocations)
-        measured, mfc_measured = measure(c, args.steps)
-        rows.append((name, measured, sim.iteration_time))
-        mfc_sim = _median_runs((n, s, e) for _, kind, n, s, e in sim.spans if kind == "run")
-        print(f"{name}: measured {measured:.3f} s/step, simulated {sim.iteration_time:.3f}; per MFC measured/"
-              f"simulated: " + ", ".join(f"{n} {mfc_measured[n]:.3f}/{mfc_sim[n]:.3f}" for n in mfc_sim
-                                         if n in mfc_measured), flush=True)
-        return measured
-
-    for name, allocations in HAND.items():
-        compare(name, allocations)
+    plans = dict(HAND)
     found = None
-    if args.workers > 1:   # on one worker there is nothing to search
-        found = search(problem, time_budget_s=args.search_time)
-        searched = compare("searched", found.allocations)
-        measured_sym = compare("symmetric baseline (search's)", symmetric(problem)[0])
-        measured_dis = compare("disjoint baseline (search's)", disjoint(problem)[0])
+    measured, simulated = collections.defaultdict(list), collections.defaultdict(list)   # name -> per round
+    for r in range(args.rounds):
+        profile = args.profile or os.path.join(tmp, f"profile_{r}.json")
+        if args.profile is None:
+            run_profile(profile)
+        base = resolve(dataclasses.replace(config({}, tmp), plan=dataclasses.replace(
+            from_dict(ExperimentConfig, dict(EXPERIMENT)).plan, profile=profile)))
+        problem = problem_from_config(base, local_cost(base))
+        if found is None and args.workers > 1:   # on one worker there is nothing to search
+            found = search(problem, time_budget_s=args.search_time)
+            plans.update({"searched": found.allocations, "symmetric baseline (search's)": symmetric(problem)[0],
+                          "disjoint baseline (search's)": disjoint(problem)[0]})
+        for name, allocations in plans.items():
+            c = resolve(config(allocations, os.path.join(tmp, f"{r}_" + name.replace(" ", "_").replace("/", "_"))))
+            sim = problem.evaluate(c.allocations)
+            m, mfc_measured = measure(c, args.steps)
+            measured[name].append(m)
+            simulated[name].append(sim.iteration_time)
+            mfc_sim = _median_runs((n, s, e) for _, kind, n, s, e in sim.spans if kind == "run")
+            print(f"round {r + 1}, {name}: measured {m:.3f} s/step, simulated {sim.iteration_time:.3f}; per MFC "
+                  f"measured/simulated: " + ", ".join(f"{n} {mfc_measured[n]:.3f}/{mfc_sim[n]:.3f}" for n in mfc_sim
+                                                     if n in mfc_measured), flush=True)
+    rows = [(name, statistics.median(measured[name]), statistics.median(simulated[name])) for name in plans]
     errors = [abs(s - m) / m for _, m, s in rows]
-    print("\n| allocation | measured s/step | simulated s/step | error |\n|---|---|---|---|")
+    print(f"\n| allocation | measured s/step (each round) | simulated (each round) | error of the medians |\n"
+          f"|---|---|---|---|")
     for (name, m, s), e in zip(rows, errors):
-        print(f"| {name} | {m:.3f} | {s:.3f} | {e:+.0%} |".replace("+", ""))
-    print(f"\nmedian error {statistics.median(errors):.0%} over {len(rows)} allocations")
+        print(f"| {name} | {m:.3f} ({_each(measured[name])}) | {s:.3f} ({_each(simulated[name])}) | {e:.0%} |")
+    print(f"\nmedian error {statistics.median(errors):.0%} over {len(rows)} allocations, {args.rounds} round(s)")
     if found is None:
         return
-    print(f"searched plan measured {measured_sym / searched:.2f}x the symmetric and {measured_dis / searched:.2f}x "
-          f"the disjoint baseline\n\nsearched allocations:")
+    by_name = {name: m for name, m, _ in rows}
+    sym, dis = (by_name[f"{shape} baseline (search's)"] / by_name["searched"] for shape in ("symmetric", "disjoint"))
+    print(f"searched plan measured {sym:.2f}x the symmetric and {dis:.2f}x the disjoint baseline\n\n"
+          f"searched allocations:")
     for name, a in found.allocations.items():
         print(f"  {name}: mesh {list(a.mesh)} dp={a.dp} tp={a.tp} pp={a.pp} mb={a.n_microbatches}")
 

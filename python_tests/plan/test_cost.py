@@ -1,6 +1,7 @@
 """The plan search's cost model: analytic numbers against hand-computed ones,
 memory against the tensors real_ext actually keeps, monotonicity, cluster
 parsing, and a real (small) profile whose predictions match fresh timings."""
+import dataclasses
 import json
 import math
 
@@ -209,6 +210,9 @@ def test_cpu_workers_share_cores():
     hw = Hardware("CPU", 1, 4, 1e10, 1e10, 1 << 30, 1e9, 1e9, shared_cores=2)
     assert (hw.contention(2), hw.contention(4)) == (1.0, 2.0)
     assert PRESETS["H100-80GB"].contention(8) == 1.0
+    # A measured curve: linear between its points, growing as k past the last one.
+    measured = dataclasses.replace(hw, contention_curve=((1, 1.0), (2, 1.1), (4, 2.4)))
+    assert [measured.contention(k) for k in (1, 2, 3, 4, 8)] == pytest.approx([1.0, 1.1, 1.75, 2.4, 4.8])
     with pytest.raises(ValueError, match="outside"):
         hw.node(4)
 
@@ -239,6 +243,25 @@ def test_profile_json_describes_the_machine(profile_path):
     assert prof["comm"]["p2p"]["bw"] > 0 and prof["comm"]["all_reduce"]["latency"] > 0
     hw = parse_cluster("1x4xCPU", profile=profile_path)
     assert hw.shared_cores == prof["machine"]["cpu_count"] and hw.n_workers == 4
+    # k processes computing at once cannot get more than the machine's cores.
+    cores, counts = prof["machine"]["cpu_count"], prof["contention"]["workers"]
+    assert counts[0] == 1 and counts[-1] >= min(2 * cores, 16)
+    assert prof["contention"]["slowdown"][-1] >= 0.8 * counts[-1] / cores
+    assert hw.contention(counts[-1]) == pytest.approx(prof["contention"]["slowdown"][-1])
+    # The runtime's data transfer costs more than its bare messages, and more for more samples.
+    transfer = prof["comm"]["transfer"]
+    assert transfer["s"][1] > transfer["s"][0] > 6 * prof["comm"]["p2p"]["latency"]
+    assert hw.transfer_per_sample == transfer["per_sample_s"] > 0
+    assert prof["build"]["per_block_s"] > 0 and hw.build_per_block == prof["build"]["per_block_s"]
+
+
+def test_old_profile_is_refused(profile_path, tmp_path):
+    with open(profile_path) as f:
+        prof = json.load(f)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(dict(prof, version=1)))
+    with pytest.raises(ValueError, match="profile version 1.*re-run `real-ext profile`"):
+        ProfiledCost.from_json(str(old))
 
 
 def test_profiled_cost_is_monotone(profile_path):

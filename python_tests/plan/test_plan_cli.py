@@ -39,6 +39,12 @@ def test_plan_bad_cluster_is_named(tmp_path, capsys):
     assert "--cluster: cluster '8xH100' is not of the form NODESxGPUSxNAME" in capsys.readouterr().err
     assert main(["plan", str(cfg), "--cluster", "1x2xCPU", "--profile", str(tmp_path / "none.json")]) == 2
     assert "run `real-ext profile" in capsys.readouterr().err
+    # A profile an older real_ext wrote lacks what this one measures: named, with the command to redo it.
+    old = tmp_path / "old.json"
+    old.write_text('{"version": 1}')
+    assert main(["plan", str(cfg), "--cluster", "1x2xCPU", "--profile", str(old)]) == 2
+    assert (f"--profile: {old}: profile version 1, this real_ext reads version 2; re-run `real-ext profile --out "
+            f"{old}`") in capsys.readouterr().err
 
 
 def test_allocations_auto_searches_on_the_profiled_workers(tmp_path):

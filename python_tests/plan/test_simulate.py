@@ -140,8 +140,12 @@ def test_realloc_spans_take_realloc_time(cost):
     assert expected > 0
     spans = _calls(r, "realloc")["actor:realloc"]
     assert len(spans) == 3
-    # Every operation also pays the runtime's fixed cost of a message and a reply.
-    expected += cost.hardware.op_latency
+    # The copy's model is built first; every operation also pays the runtime's
+    # fixed cost of a message and a reply.
+    gen = MIXED["actor_gen"]
+    built = cost.build_time(MODELS["actor"], Strategy(gen.dp, gen.tp, gen.pp))
+    assert built == cost.hardware.build_fixed + 32 * cost.hardware.build_per_block   # 32 blocks, pp=1
+    expected += built + cost.hardware.op_latency
     assert all(end - start == pytest.approx(expected, rel=1e-9) for start, end in spans)
     frees = _calls(r, "free")["actor:free"]
     assert [s for s, _ in frees] == [e for _, e in _calls(r, "run")["actor_gen"]]
@@ -234,7 +238,8 @@ def test_data_transfer_follows_the_runtime(cost, src, dst, inference):
     theirs: dict = {}
     for s, d, sids, _ in plan_transfers(needs, ["k"], holders):
         theirs[(s, d)] = theirs.get((s, d), 0) + len(sids)
-    assert ours == theirs
+    assert {pair: m.nbytes for pair, m in ours.items()} == theirs
+    assert all(m.n_keys == 1 and m.n_samples == m.nbytes for m in ours.values())
     # Afterwards every destination worker holds its share too, as the master records.
     after = held.plus(received)
     assert all(w in after.holders(*share)[0][2] for w, share in needs_of(dst, n).items())
@@ -258,8 +263,12 @@ def test_spread_is_the_runtimes_greedy():
 
 
 def test_transfer_time_of_one_message(cost):
+    """One key of 4 samples: a header (two messages) and the key's message,
+    plus the host work per transfer and per sample."""
     t = transfer_time(1000, 4, Allocation((0,)), Allocation((1,)), cost)
-    assert t == pytest.approx(cost.p2p_time(4000, 0, 1))
+    hw = cost.hardware
+    assert t == pytest.approx(cost.p2p_time(4000, 0, 1) + 2 * hw.latency + hw.transfer_fixed
+                              + 4 * hw.transfer_per_sample)
 
 
 def test_timeline_png(cost, tmp_path):

@@ -135,9 +135,17 @@ def local_cost(c: ExperimentConfig):
             return AnalyticCost(parse_cluster(cluster))
         except ValueError as e:
             raise ConfigError(f"plan.cluster: {e}; name the GPUs, e.g. plan.cluster=1x8xH100") from None
+    from real_ext.plan.hardware import load_profile
     from real_ext.plan.profile import run_profile
-    if not os.path.exists(c.plan.profile):
-        print(f"[plan] measuring this machine first (real-ext profile) -> {c.plan.profile}", flush=True)
+    why = "measuring this machine first"
+    if os.path.exists(c.plan.profile):
+        try:
+            load_profile(c.plan.profile)
+            why = ""
+        except ValueError as e:
+            why = f"{e}: measuring again"
+    if why:
+        print(f"[plan] {why} (real-ext profile) -> {c.plan.profile}", flush=True)
         run_profile(c.plan.profile)
     return ProfiledCost.from_json(c.plan.profile, n_workers=c.n_workers)
 

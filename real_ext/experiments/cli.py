@@ -100,7 +100,7 @@ def _plan(args) -> None:
     from real_ext.experiments.pipeline import load
     from real_ext.experiments.schema import PipelineConfig
     from real_ext.plan.cost import AnalyticCost, ProfiledCost
-    from real_ext.plan.hardware import parse_cluster
+    from real_ext.plan.hardware import load_profile, parse_cluster
     from real_ext.plan.problem import problem_from_config
     from real_ext.plan.report import allocations_yaml, plan_table
     from real_ext.plan.search import search
@@ -111,6 +111,11 @@ def _plan(args) -> None:
     if cpu and not os.path.exists(args.profile):
         raise ConfigError(f"--profile: {args.profile!r} does not exist; run `real-ext profile --out "
                           f"{args.profile}` first")
+    if cpu:
+        try:
+            load_profile(args.profile)
+        except ValueError as e:
+            raise ConfigError(f"--profile: {e}") from None
     try:
         hardware = parse_cluster(args.cluster, profile=args.profile if cpu else None)
     except ValueError as e:

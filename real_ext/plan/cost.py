@@ -26,7 +26,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
-import json
 import math
 
 from real_ext.generation.engine import PREFILL_TOKENS
@@ -277,6 +276,21 @@ class CostModel:
     def p2p_time(self, nbytes: float, a: int, b: int) -> float:
         """One message of ``nbytes`` from worker a to worker b."""
         raise NotImplementedError
+
+    def transfer_message_time(self, nbytes: float, n_keys: int, n_samples: int, a: int, b: int) -> float:
+        """One worker pair's part of the runtime's data transfer
+        (runtime/transfer.py): a pickled header (two messages) and one message
+        per key from worker a to b, plus the host work around them."""
+        hw = self.hardware
+        return (self.p2p_time(nbytes, a, b) + (n_keys + 1) * self.p2p_time(0, a, b) + hw.transfer_fixed
+                + n_samples * hw.transfer_per_sample)
+
+    def build_time(self, model: ModelInfo, strategy: Strategy) -> float:
+        """Building a model in a new layout (ReaLModel's constructor, on every
+        destination worker at once), which a reallocation does first when no
+        live copy of that layout exists."""
+        blocks = max(st.n_blocks for st in stages(model.config, model.head, strategy.tp, strategy.pp))
+        return self.hardware.build_fixed + blocks * self.hardware.build_per_block
 
     # -------------------------------------------------------- time
 
@@ -644,11 +658,8 @@ class ProfiledCost(CostModel):
     @staticmethod
     def from_json(path: str, n_workers: int | None = None) -> "ProfiledCost":
         """A cost model for ``n_workers`` local workers (default: one per core)."""
-        from real_ext.plan.hardware import cpu_hardware
-        with open(path) as f:
-            profile = json.load(f)
-        if profile.get("version") != 1:
-            raise ValueError(f"{path}: profile version {profile.get('version')!r} unknown; re-run run_profile")
+        from real_ext.plan.hardware import cpu_hardware, load_profile
+        profile = load_profile(path)
         return ProfiledCost(cpu_hardware(profile, n_workers or profile["machine"]["cpu_count"]), profile)
 
     def _adjusted(self, measured: float, target_flops: float, profiled_flops: float, extra_bytes: float = 0.0) -> float:

@@ -42,6 +42,20 @@ class Hardware:
     # clusters: an assumption (a pickled message each way over TCP plus Python
     # dispatch, about a millisecond); CPU workers: measured by the profile.
     op_latency: float = 1e-3
+    # The runtime's host-side work around its messages, in seconds: per data
+    # transfer between two workers (pickling the header, gathering the keys)
+    # and per sample moved (slicing and storing it); building a model for a
+    # reallocation into a new layout, fixed and per block. CPU workers: measured
+    # by the profile. GPU clusters: the same Python code on the host, so what
+    # the CPU profile measured on a 2-core EPYC (2026-11-26: 0.42 ms, 20 us,
+    # 0.14 ms, 0.31 ms), rounded: an assumption.
+    transfer_fixed: float = 5e-4
+    transfer_per_sample: float = 2e-5
+    build_fixed: float = 2e-4
+    build_per_block: float = 3e-4
+    # CPU only: measured (worker count, slowdown) pairs of processes computing
+    # at once; empty: ideal sharing of shared_cores.
+    contention_curve: tuple = ()
 
     def __post_init__(self):
         if self.n_nodes < 1 or self.gpus_per_node < 1:
@@ -73,10 +87,20 @@ class Hardware:
 
     def contention(self, n_busy: int) -> float:
         """How much slower compute runs when ``n_busy`` workers compute at once:
-        CPU workers share ``shared_cores`` cores; GPUs share nothing."""
-        if self.shared_cores is None or n_busy <= self.shared_cores:
+        CPU workers share ``shared_cores`` cores (as the profile measured them
+        shared, when it did: linear between measured counts, and beyond the
+        last one growing as n_busy); GPUs share nothing."""
+        if self.shared_cores is None or n_busy <= 1:
             return 1.0
-        return n_busy / self.shared_cores
+        if not self.contention_curve:
+            return max(1.0, n_busy / self.shared_cores)
+        (k0, s0), (k1, s1) = self.contention_curve[0], self.contention_curve[-1]
+        if n_busy >= k1:
+            return s1 * n_busy / k1
+        for (a, sa), (b, sb) in zip(self.contention_curve, self.contention_curve[1:]):
+            if a <= n_busy <= b:
+                return sa + (sb - sa) * (n_busy - a) / (b - a)
+        return s0   # below the first measured count
 
 
 # Per-GPU figures from NVIDIA's datasheets; one InfiniBand NIC per GPU as in
@@ -138,11 +162,29 @@ def cpu_hardware(profile, n_workers: int) -> Hardware:
     copy bandwidth, gloo point-to-point over loopback), so mfu and
     decode_bw_eff are 1: nothing is left to discount. Memory is the machine's
     RAM split evenly; every worker is on the one node."""
-    if isinstance(profile, str):
-        with open(profile) as f:
-            profile = json.load(f)
-    machine, p2p = profile["machine"], profile["comm"]["p2p"]
+    profile = load_profile(profile)
+    machine, p2p, transfer = profile["machine"], profile["comm"]["p2p"], profile["comm"]["transfer"]
+    contention = profile["contention"]
     return Hardware(name="CPU", n_nodes=1, gpus_per_node=n_workers, peak_flops=machine["matmul_flops"],
                     mem_bw=machine["mem_bw"], mem_bytes=machine["ram_bytes"] // n_workers,
                     intra_bw=p2p["bw"], inter_bw=p2p["bw"], latency=p2p["latency"], mfu=1.0, decode_bw_eff=1.0,
-                    shared_cores=machine["cpu_count"], op_latency=profile.get("runtime", {}).get("op_latency", 0.0))
+                    shared_cores=machine["cpu_count"], op_latency=profile["runtime"]["op_latency"],
+                    transfer_fixed=transfer["fixed_s"], transfer_per_sample=transfer["per_sample_s"],
+                    build_fixed=profile["build"]["fixed_s"], build_per_block=profile["build"]["per_block_s"],
+                    contention_curve=tuple(zip(contention["workers"], contention["slowdown"])))
+
+
+PROFILE_VERSION = 2   # what real_ext.plan.profile writes
+
+
+def load_profile(profile) -> dict:
+    """A run_profile JSON (path or dict), checked to be of this version."""
+    path = profile if isinstance(profile, str) else None
+    if path is not None:
+        with open(path) as f:
+            profile = json.load(f)
+    if profile.get("version") != PROFILE_VERSION:
+        rerun = f"real-ext profile --out {path}" if path else "real-ext profile"
+        raise ValueError(f"{path or 'the profile'}: profile version {profile.get('version')!r}, this real_ext "
+                         f"reads version {PROFILE_VERSION}; re-run `{rerun}`")
+    return profile

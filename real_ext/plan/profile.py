@@ -7,13 +7,19 @@ one process (plus two spawned gloo processes for the links):
   per-block part and a fixed part by timing a 1-block and a 4L-block model;
 - the optimizer (Trainer's clipping + AdamW) vs parameter count;
 - gloo point-to-point and all-reduce between two local processes on
-  127.0.0.1, fitted as latency + bytes / bandwidth;
+  127.0.0.1, fitted as latency + bytes / bandwidth, and the runtime's own
+  data transfer (runtime/transfer.py) between them: its cost beyond those
+  messages, per transfer and per sample;
+- building a model (what a reallocation into a new layout does first);
+- how much slower a block's forward + backward runs when k worker processes
+  run it at once (k = 1 .. twice the cores): the cores' real sharing;
+- the runtime's fixed cost per operation, on real workers;
 - matmul FLOP/s and copy bandwidth, RAM and core count, for the Hardware.
 
     python -m real_ext.plan.profile profile.json          # ~30-60 s
     cost = ProfiledCost.from_json("profile.json")
 
-Times are the least of several samples (see _timeit) at ``threads``
+Times are the median of several samples (see _timeit) at ``threads``
 threads (1: what each local worker process gets, see runtime/launcher.py),
 in float32.
 """
@@ -27,6 +33,7 @@ import os
 import platform
 import queue as queue_module
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -34,9 +41,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from real_ext.data.sample import SequenceSample
 from real_ext.model import ModelConfig, ReaLModel
 from real_ext.model.logprob import next_token_targets
 from real_ext.model.train import OptimConfig, Trainer
+from real_ext.plan.hardware import PROFILE_VERSION
 
 SEQ_LEN = 64                 # tokens per packed sequence in the block and head timings
 DECODE_PROMPT = 8            # prompt tokens per sequence when timing decode
@@ -44,13 +53,17 @@ DECODE_STEPS = (2, 26)       # generate this many new tokens; the difference giv
 MIN_SAMPLE_S = 0.002         # calls shorter than this are looped within one sample (timer resolution)
 MIN_TOTAL_S = 0.15           # more than ``repeats`` samples while they add up to less than this
 COMM_SIZES = (8, 1 << 10, 1 << 16, 1 << 20, 1 << 24)   # bytes
+TRANSFER_SAMPLES = (8, 64)   # samples per data transfer when timing the runtime's transfer
+TRANSFER_SEQ_LEN = 16        # tokens per sample in those transfers
+CONTENTION_TOKENS = 256      # tokens of the block forward + backward run by k processes at once
+CONTENTION_SAMPLE_S = 0.25   # how long that work takes one process alone
 
 
 def _timeit(fn, repeats: int) -> float:
-    """Seconds per call: the least of at least ``repeats`` samples (more for
-    short calls), after one warm-up call. Machines here are shared; other
-    processes only ever add time, so the least sample is the most
-    reproducible estimate of what the code costs."""
+    """Seconds per call: the median of at least ``repeats`` samples (more for
+    short calls), after one warm-up call. The simulator predicts a mean step,
+    which pays what a call typically costs, not its best case (the least
+    sample, used before, left every simulated step 10-15% short)."""
     start = time.perf_counter()
     fn()
     once = time.perf_counter() - start
@@ -61,7 +74,7 @@ def _timeit(fn, repeats: int) -> float:
         for _ in range(n):
             fn()
         samples.append((time.perf_counter() - start) / n)
-    return min(samples)
+    return statistics.median(samples)
 
 
 def packed_batch(config: ModelConfig, tokens: int, seq_len: int = SEQ_LEN, seed: int = 0):
@@ -83,23 +96,29 @@ def _clear_grads(model):
         p.grad = None
 
 
-def _profile_blocks(model, token_grid, repeats) -> dict:
+def _block_passes(model, tokens: int):
+    """(forward, forward + backward) of ``model``'s first block over ``tokens`` tokens."""
     block = next(iter(model.model.layers.values()))
+    ids, cu = packed_batch(model.config, tokens)
+    info = model.packed_info(cu)
+    with torch.no_grad():
+        x = model.embed(ids, info)
+    grad = torch.randn_like(x)
+
+    def forward():
+        with torch.no_grad():
+            block(x, info, None)
+
+    def forward_backward():
+        block(x.detach().requires_grad_(), info, None).backward(grad)
+        _clear_grads(block)
+    return forward, forward_backward
+
+
+def _profile_blocks(model, token_grid, repeats) -> dict:
     out = {"seq_len": SEQ_LEN, "tokens": list(token_grid), "forward_s": [], "forward_backward_s": []}
     for tokens in token_grid:
-        ids, cu = packed_batch(model.config, tokens)
-        info = model.packed_info(cu)
-        with torch.no_grad():
-            x = model.embed(ids, info)
-        grad = torch.randn_like(x)
-
-        def forward():
-            with torch.no_grad():
-                block(x, info, None)
-
-        def forward_backward():
-            block(x.detach().requires_grad_(), info, None).backward(grad)
-            _clear_grads(block)
+        forward, forward_backward = _block_passes(model, tokens)
         out["forward_s"].append(_timeit(forward, repeats))
         out["forward_backward_s"].append(_timeit(forward_backward, repeats))
     return out
@@ -182,6 +201,74 @@ def _profile_optimizer(config: ModelConfig, repeats) -> dict:
     return out
 
 
+def _profile_build(config: ModelConfig, repeats) -> dict:
+    """Building a model (ReaLModel's constructor, which a reallocation into a
+    layout with no live copy runs first on every destination worker):
+    t(n) = fixed + n * per block, from models of 1 and 4L blocks."""
+    deep = 4 * config.num_layers
+    t1, tl = (_timeit(lambda: ReaLModel(_with_layers(config, n)), repeats) for n in (1, deep))
+    per_block = max((tl - t1) / (deep - 1), 0.0)
+    return {"fixed_s": max(t1 - per_block, 0.0), "per_block_s": per_block}
+
+
+def _contention_worker(index: int, config: ModelConfig, threads: int, n_iter: int, counts, barrier, queue):
+    torch.set_num_threads(threads)
+    try:
+        work = _block_passes(ReaLModel.from_config(_with_layers(config, 1)), CONTENTION_TOKENS)[1]
+        work()
+        for k in counts:
+            barrier.wait()
+            if index < k:
+                start = time.perf_counter()
+                for _ in range(n_iter):
+                    work()
+                queue.put((k, time.perf_counter() - start))
+            barrier.wait()
+    except BaseException as e:  # noqa: BLE001 (reported to the parent)
+        queue.put(("error", repr(e)))
+        barrier.abort()
+
+
+def contention_counts(cores: int) -> list[int]:
+    """How many processes at once the contention profile tries: every count up
+    to twice the cores on small machines, five counts up to 16 otherwise."""
+    top = max(2, min(2 * cores, 16))
+    return list(range(1, top + 1)) if top <= 8 else sorted({1, top // 4, top // 2, 3 * top // 4, top})
+
+
+def _profile_contention(config: ModelConfig, threads: int, timeout: float = 120.0) -> dict:
+    """How much slower a block's forward + backward runs per process when k
+    processes run it at once, against one alone. Ideal sharing of c cores
+    would give max(1, k / c); caches, memory bandwidth and the scheduler add
+    to it, and the simulator uses what is measured here."""
+    counts = contention_counts(os.cpu_count() or 1)
+    alone = _timeit(_block_passes(ReaLModel.from_config(_with_layers(config, 1)), CONTENTION_TOKENS)[1], 3)
+    n_iter = max(3, int(CONTENTION_SAMPLE_S / alone))
+    ctx = mp.get_context("spawn")
+    queue, barrier = ctx.Queue(), ctx.Barrier(counts[-1])
+    procs = [ctx.Process(target=_contention_worker, args=(i, config, threads, n_iter, counts, barrier, queue))
+             for i in range(counts[-1])]
+    for p in procs:
+        p.start()
+    times: dict[int, list[float]] = {k: [] for k in counts}
+    try:
+        for _ in range(sum(counts)):
+            k, seconds = queue.get(timeout=timeout)
+            if k == "error":
+                raise RuntimeError(f"a contention profiling process failed: {seconds}")
+            times[k].append(seconds)
+    except queue_module.Empty:
+        raise RuntimeError(f"profiling {counts[-1]} processes at once took over {timeout:.0f} s") from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    base = statistics.mean(times[1])
+    return {"workers": counts, "tokens": CONTENTION_TOKENS,
+            "slowdown": [max(1.0, statistics.mean(times[k]) / base) for k in counts]}
+
+
 def _machine(threads: int, repeats: int) -> dict:
     a = torch.randn(1024, 1024)
     matmul = _timeit(lambda: a @ a, repeats)
@@ -227,13 +314,60 @@ def _comm_worker(rank: int, store_file: str, threads: int, queue):
             for _ in range(n):
                 dist.all_reduce(x)
             ar.append((time.perf_counter() - start) / n)
+        transfer = torch.tensor(_time_transfers(rank), dtype=torch.float64)
+        dist.broadcast(transfer, src=1)   # the receiver's times: a transfer ends when its data is stored
         if rank == 0:
-            queue.put(("ok", p2p, ar))
+            queue.put(("ok", p2p, ar, transfer.tolist()))
     except BaseException as e:  # noqa: BLE001 (reported to the parent)
-        queue.put(("error", repr(e), None))
+        queue.put(("error", repr(e), None, None))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+TRANSFER_KEYS = ("behav_logp", "input_ids", "ref_logp", "reward")   # what a PPO training call receives
+
+
+def _transfer_sample(sid: int) -> SequenceSample:
+    n = TRANSFER_SEQ_LEN
+    return SequenceSample.single(sid, input_ids=[torch.zeros(n, dtype=torch.int64)], behav_logp=[torch.zeros(n)],
+                                 ref_logp=[torch.zeros(n)], reward=[torch.zeros(1)])
+
+
+def _transfer_bytes(n_samples: int) -> int:
+    return n_samples * _transfer_sample(0).nbytes()
+
+
+def _time_transfers(rank: int, repeats: int = 7) -> list[float]:
+    """Seconds of runtime.transfer.run_transfers moving TRANSFER_SAMPLES
+    samples (the keys a PPO training call receives) from rank 0 to rank 1,
+    median of ``repeats``, as rank ``rank`` saw it."""
+    from real_ext.runtime.transfer import run_transfers
+    store = {sid: _transfer_sample(sid) for sid in range(max(TRANSFER_SAMPLES))} if rank == 0 else {}
+    out = []
+    for n in TRANSFER_SAMPLES:
+        pairs = [(0, 1, list(range(n)), list(TRANSFER_KEYS))]
+        samples = []
+        for _ in range(repeats):
+            if rank == 1:
+                store.clear()
+            dist.barrier()
+            start = time.perf_counter()
+            run_transfers(rank, pairs, store, torch.device("cpu"))
+            samples.append(time.perf_counter() - start)
+        out.append(statistics.median(samples))
+    return out
+
+
+def _fit_transfer(times: list[float], p2p: dict) -> dict:
+    """The runtime's data transfer beyond its gloo messages (a pickled header
+    as two messages, then one per key: each latency + bytes / bandwidth):
+    fixed + per_sample * samples, from the two sample counts."""
+    messages = 2 + len(TRANSFER_KEYS)
+    rest = [t - messages * p2p["latency"] - _transfer_bytes(n) / p2p["bw"] for n, t in zip(TRANSFER_SAMPLES, times)]
+    per_sample = max((rest[1] - rest[0]) / (TRANSFER_SAMPLES[1] - TRANSFER_SAMPLES[0]), 0.0)
+    return {"samples": list(TRANSFER_SAMPLES), "keys": len(TRANSFER_KEYS), "s": list(times),
+            "fixed_s": max(rest[0] - per_sample * TRANSFER_SAMPLES[0], 0.0), "per_sample_s": per_sample}
 
 
 def _fit(sizes, times) -> dict:
@@ -254,7 +388,7 @@ def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
     try:
         while True:
             try:
-                status, p2p, ar = queue.get(timeout=0.5)
+                status, p2p, ar, transfer = queue.get(timeout=0.5)
                 break
             except queue_module.Empty:
                 dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
@@ -274,7 +408,8 @@ def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
     if status != "ok":
         raise RuntimeError(f"profiling gloo between two local processes failed: {p2p}")
     sizes = [max(1, n // 4) * 4 for n in COMM_SIZES]
-    return {"p2p": _fit(sizes, p2p), "all_reduce": _fit(sizes, ar)}
+    p2p = _fit(sizes, p2p)
+    return {"p2p": p2p, "all_reduce": _fit(sizes, ar), "transfer": _fit_transfer(transfer, p2p)}
 
 
 # ------------------------------------------------------------ entry point
@@ -327,7 +462,7 @@ def run_profile(out_json: str, *, model_config: dict | ModelConfig | None = None
         start = time.perf_counter()
         models = {head: ReaLModel.from_config(config, head=head) for head in ("lm", "value")}
         profile = {
-            "version": 1,
+            "version": PROFILE_VERSION,   # 2: median timings, model build, data transfer, contention
             "machine": _machine(threads, repeats),
             "model_config": dataclasses.asdict(config),
             "dtype": "float32",
@@ -335,7 +470,9 @@ def run_profile(out_json: str, *, model_config: dict | ModelConfig | None = None
             "head": _profile_head(models, token_grid, repeats),
             "decode": _profile_decode(config, decode_batches, repeats),
             "optimizer": _profile_optimizer(config, repeats),
+            "build": _profile_build(config, repeats),
             "comm": _profile_comm(threads),
+            "contention": _profile_contention(config, threads),
             "runtime": _profile_runtime_ops(threads),
         }
         profile["seconds"] = time.perf_counter() - start

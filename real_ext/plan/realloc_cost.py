@@ -24,7 +24,9 @@ Data transfer follows real_ext/runtime/transfer.py: every worker of a
 consumer's mesh receives its data-parallel rank's share of each key from a
 worker holding it (nothing when it holds it already), the senders spread by
 fewest samples assigned so far. Samples are taken to be of equal length, so
-the master's token-balanced split is an even one.
+the master's token-balanced split is an even one. Each (src, dst) pair costs
+its messages (a pickled header, one per key) and the host work around them
+(cost.transfer_message_time).
 """
 from __future__ import annotations
 
@@ -61,15 +63,20 @@ class Traffic:
 def comm_time(pair_bytes: dict, cost, local_bytes: dict | None = None) -> float:
     """The busiest worker's max(send time, receive time) plus its local
     copies (``cost.p2p_time`` from a worker to itself); 0 when nothing moves."""
+    pair_seconds = {(a, b): cost.p2p_time(n, a, b) for (a, b), n in pair_bytes.items() if n > 0 and a != b}
+    local = {w: cost.p2p_time(n, w, w) for w, n in (local_bytes or {}).items() if n > 0}
+    return busiest(pair_seconds, local)
+
+
+def busiest(pair_seconds: dict, local_seconds: dict | None = None) -> float:
+    """The busiest worker's max(time sending, time receiving) plus its local
+    work, given each (src, dst) pair's seconds."""
     send: dict[int, float] = {}
     recv: dict[int, float] = {}
-    for (a, b), n in pair_bytes.items():
-        if n <= 0 or a == b:
-            continue
-        t = cost.p2p_time(n, a, b)
+    for (a, b), t in pair_seconds.items():
         send[a] = send.get(a, 0.0) + t
         recv[b] = recv.get(b, 0.0) + t
-    local = {w: cost.p2p_time(n, w, w) for w, n in (local_bytes or {}).items() if n > 0}
+    local = local_seconds or {}
     workers = set(send) | set(recv) | set(local)
     return max((max(send.get(w, 0.0), recv.get(w, 0.0)) + local.get(w, 0.0) for w in workers), default=0.0)
 
@@ -218,14 +225,23 @@ def needs_of(allocation, n_samples: int) -> dict[int, tuple[int, int]]:
     return {w: shares[layout.coord(w).dp] for w in layout.mesh}
 
 
+@dataclasses.dataclass
+class Message:
+    """What one worker sends another in a data transfer."""
+    nbytes: int = 0
+    n_keys: int = 0
+    n_samples: int = 0     # the most samples of any one key
+
+
 def transfer_pairs(needs: dict[int, tuple[int, int]], keys: list[tuple[Holdings, int]]) -> tuple[dict, list]:
-    """((src, dst) -> bytes, received pieces) so that every worker in
+    """((src, dst) -> Message, received pieces) so that every worker in
     ``needs`` (worker -> [first, stop) samples) gets each key, given as (who
     holds it, bytes per sample). Senders are chosen as plan_transfers does;
     the received pieces are what every key's holdings gain."""
     load: dict[int, int] = {}
-    pair_bytes: dict[tuple[int, int], int] = {}
+    messages: dict[tuple[int, int], Message] = {}
     for holdings, per_sample in keys:
+        samples: dict[tuple[int, int], int] = {}
         for dst in sorted(needs):
             for a, b, workers in holdings.holders(*needs[dst]):
                 if not workers:
@@ -233,11 +249,23 @@ def transfer_pairs(needs: dict[int, tuple[int, int]], keys: list[tuple[Holdings,
                 if dst in workers:
                     continue
                 for src, n in _spread(b - a, workers, load):
-                    pair_bytes[(src, dst)] = pair_bytes.get((src, dst), 0) + n * per_sample
+                    samples[(src, dst)] = samples.get((src, dst), 0) + n
+        for pair, n in samples.items():
+            m = messages.setdefault(pair, Message())
+            m.nbytes += n * per_sample
+            m.n_keys += 1
+            m.n_samples = max(m.n_samples, n)
     by_share: dict[tuple[int, int], set] = {}
     for dst, share in needs.items():
         by_share.setdefault(share, set()).add(dst)
-    return pair_bytes, [(a, b, frozenset(w)) for (a, b), w in sorted(by_share.items())]
+    return messages, [(a, b, frozenset(w)) for (a, b), w in sorted(by_share.items())]
+
+
+def message_time(messages: dict, cost) -> float:
+    """How long the busiest worker of a data transfer works (``messages``:
+    (src, dst) -> Message, costed by ``cost.transfer_message_time``)."""
+    return busiest({(a, b): cost.transfer_message_time(m.nbytes, m.n_keys, m.n_samples, a, b)
+                    for (a, b), m in messages.items()})
 
 
 def _spread(n: int, workers, load: dict[int, int]) -> list[tuple[int, int]]:
@@ -276,8 +304,8 @@ def data_transfer(dst_alloc, n_samples: int, keys: tuple, cost) -> tuple[set, fl
     if key not in times:
         if len(times) > MAX_REMEMBERED:
             times.clear()
-        pairs, received = transfer_pairs(needs_of(dst_alloc, n_samples), list(keys))
-        times[key] = ({w for pair in pairs for w in pair}, comm_time(pairs, cost), received)
+        messages, received = transfer_pairs(needs_of(dst_alloc, n_samples), list(keys))
+        times[key] = ({w for pair in messages for w in pair}, message_time(messages, cost), received)
     return times[key]
 
 
@@ -288,5 +316,5 @@ def transfer_time(nbytes_per_seq: int, n_seqs: int, src_alloc, dst_alloc, cost, 
     inference, whose output stays on its last pipeline stage) to the workers
     of ``dst_alloc``."""
     held = Holdings.of(src_alloc, n_seqs, last_stage_only)
-    pairs, _ = transfer_pairs(needs_of(dst_alloc, n_seqs), [(held, nbytes_per_seq)])
-    return comm_time(pairs, cost)
+    messages, _ = transfer_pairs(needs_of(dst_alloc, n_seqs), [(held, nbytes_per_seq)])
+    return message_time(messages, cost)

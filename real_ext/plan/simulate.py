@@ -6,7 +6,7 @@ It replays what the master (real_ext/runtime/master.py) does, event by event.
 An MFC is issued once its parents have finished: first the data transfers of
 every MFC that became ready, then for each of them in topological order a
 reallocation from its model's home layout (when its layout differs and no
-live copy serves it), its run, and the free of the copy once no later MFC of
+live copy serves it; it builds the model in that layout first), its run, and the free of the copy once no later MFC of
 the step uses it. Every operation occupies all of its workers, and every
 worker executes its operations in issue order, so MFCs sharing a worker run
 one after the other and MFCs on disjoint meshes run at once. A step ends with
@@ -19,7 +19,7 @@ Durations come from the cost model (real_ext/plan/cost.py: mfc_time,
 p2p_time); what reallocations and data transfers move comes from the real
 reallocation planner and the runtime's data-transfer rule (realloc_cost.py). With ``hardware.shared_cores`` (CPU workers sharing a
 machine's cores) operations progress at 1 / hardware.contention(k) of their
-speed while k workers are busy.
+speed while k workers are busy (as measured by the profile).
 
 Memory per worker: the resident bytes of every model whose home includes it
 (parameters, and the optimizer states of a trained model), the reallocated
@@ -254,7 +254,7 @@ class _Simulation:
             nbytes = self.cost.resident_bytes(dataclasses.replace(model, trains=False), strategy)
             key = (m.model, layout_key(home), layout_key(a))
             if key not in self.realloc_s:
-                self.realloc_s[key] = realloc_time(model, home, a, self.cost)
+                self.realloc_s[key] = realloc_time(model, home, a, self.cost) + self.cost.build_time(model, strategy)
             memory = f"{m.model} copy for {m.name}"
             self._add("realloc", f"{m.model}:realloc", set(home.mesh) | set(a.mesh), self.realloc_s[key], t, m,
                       memory, hold={w: nbytes for w in a.mesh})
