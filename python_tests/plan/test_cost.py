@@ -260,7 +260,7 @@ def test_old_profile_is_refused(profile_path, tmp_path):
         prof = json.load(f)
     old = tmp_path / "old.json"
     old.write_text(json.dumps(dict(prof, version=1)))
-    with pytest.raises(ValueError, match="profile version 1.*re-run `real-ext profile`"):
+    with pytest.raises(ValueError, match="profile version 1.*re-run `real-ext profile --out "):
         ProfiledCost.from_json(str(old))
 
 
