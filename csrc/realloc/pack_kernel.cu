@@ -1,13 +1,18 @@
 // Pack / unpack of strided boxes on CUDA, one launch for any number of boxes.
-// blockIdx.x walks boxes; within a box, its rows are cut into units of the
-// widest word (16, 8, 4, 2 or 1 bytes) that the row starts, strides and length
-// of both buffers allow, the units are numbered row-major, and the box's
-// blocks (blockIdx.y) and threads deal them out kUnroll at a time: each thread
-// issues its kUnroll loads before its stores, so several loads are in flight
-// per thread (what keeps HBM busy), and narrow rows (a 256-byte head-dim
-// slice) still fill every lane of a warp.
+// Within a box, its rows are cut into units of the widest word (16, 8, 4, 2
+// or 1 bytes) that the row starts, strides and length of both buffers allow,
+// the units are numbered row-major, and the box's slices (a block's worth of
+// threads each) deal them out kUnroll at a time: each thread issues its
+// kUnroll loads before its stores, so several loads are in flight per thread
+// (what keeps HBM busy), and narrow rows (a 256-byte head-dim slice) still
+// fill every lane of a warp. The work items, (box, slice) pairs, are dealt to
+// a grid of a few waves of resident blocks that loop over them: many small
+// boxes or one narrow slice then run on long-lived blocks instead of tens of
+// thousands of one-pass blocks, each paying its launch and prologue.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <atomic>
 
 #include "realloc/pack_launch.h"
 
@@ -16,7 +21,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
-constexpr int kMaxBoxBlocks = 4096;  // blocks per box, at most (then each thread loops)
+constexpr int kMaxBoxSlices = 4096;  // slices per box, at most (then each thread loops within its slice)
+constexpr int kBlocksPerSm = 2;      // resident copy blocks per SM (__launch_bounds__ below; ~120 registers)
+constexpr int kWaves = 4;            // the grid: this many times the resident blocks
 
 // The widest word size in {16, 8, 4, 2, 1} dividing every address and stride.
 __device__ __forceinline__ int word_bytes(uintptr_t bits) {
@@ -58,11 +65,13 @@ __device__ void copy_units(char* dst, int64_t dst_ld, const char* src, int64_t s
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 2) copy_boxes_kernel(char* flat, char* buffer, const PackBox* boxes, int64_t n, int64_t es,
-                                  bool unpack) {
-  const int64_t first = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.y) * blockDim.x;
-  for (int64_t b = blockIdx.x; b < n; b += gridDim.x) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    copy_boxes_kernel(char* flat, char* buffer, const PackBox* boxes, int64_t n, int64_t es, bool unpack,
+                      int64_t slices) {
+  const int64_t stride = slices * blockDim.x;
+  for (int64_t item = blockIdx.x; item < n * slices; item += gridDim.x) {
+    const int64_t b = item / slices;
+    const int64_t first = (item - b * slices) * blockDim.x + threadIdx.x;
     const PackBox box = boxes[b];
     const int64_t row_bytes = box.cols * es;
     if (box.rows == 0 || row_bytes == 0) continue;
@@ -95,13 +104,14 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
 template <typename T, typename Acc>
-__global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes, int64_t n, Acc eta) {
+__global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes, int64_t n, Acc eta, int64_t slices) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   constexpr int64_t kSeg = 2048;  // elements per warp-sized segment of a row
-  for (int64_t b = blockIdx.x; b < n; b += gridDim.x) {
+  for (int64_t item = blockIdx.x; item < n * slices; item += gridDim.x) {
+    const int64_t b = item / slices, slice = item - b * slices;
     const PackBox box = boxes[b];
     const int64_t segs = (box.cols + kSeg - 1) / kSeg;
-    for (int64_t i = blockIdx.y * warps + warp; i < box.rows * segs; i += gridDim.y * warps) {
+    for (int64_t i = slice * warps + warp; i < box.rows * segs; i += slices * warps) {
       const int64_t r = i / segs, c0 = (i % segs) * kSeg;
       const int64_t c1 = box.cols - c0 < kSeg ? box.cols : c0 + kSeg;
       T* d = flat + box.offset + r * box.ld;
@@ -118,14 +128,31 @@ __global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes
   }
 }
 
-// x: the boxes (at most 65535 blocks, then they loop); y: enough blocks for
-// the largest box's work once over, per_block items a block, at most
-// kMaxBoxBlocks. The copy kernel's items are 16-byte words, kUnroll per
-// thread; the EMA kernel's are 2048-element row segments, one per warp.
-dim3 grid_for(int64_t n, int64_t max_work, int64_t per_block) {
+int sm_count() {
+  static std::atomic<int> counts[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) device = 0;
+  int n = counts[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n < 1) n = 1;
+    counts[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// Slices per box: enough for the largest box's work once over, per_block
+// items a slice, at most kMaxBoxSlices. The copy kernel's items are 16-byte
+// words, kUnroll per thread; the EMA kernel's are 2048-element row segments,
+// one per warp.
+int64_t slices_for(int64_t max_work, int64_t per_block) {
   const int64_t y = (max_work + per_block - 1) / per_block;
-  return dim3(static_cast<unsigned>(n < 65535 ? n : 65535),
-              static_cast<unsigned>(y < 1 ? 1 : y > kMaxBoxBlocks ? kMaxBoxBlocks : y));
+  return y < 1 ? 1 : y > kMaxBoxSlices ? kMaxBoxSlices : y;
+}
+
+// Blocks for `items` (box, slice) work items: a few waves of resident blocks.
+unsigned blocks_for(int64_t n, int64_t slices) {
+  const int64_t items = n * slices, cap = static_cast<int64_t>(sm_count()) * kBlocksPerSm * kWaves;
+  return static_cast<unsigned>(items < cap ? items : cap);
 }
 
 }  // namespace
@@ -133,32 +160,34 @@ dim3 grid_for(int64_t n, int64_t max_work, int64_t per_block) {
 cudaError_t realloc_copy_boxes_cuda(void* flat, void* buffer, const PackBox* boxes, int64_t n, int64_t elem_bytes,
                                     int64_t max_units, bool unpack, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  copy_boxes_kernel<<<grid_for(n, max_units, kThreads * kUnroll), kThreads, 0, stream>>>(
-      static_cast<char*>(flat), static_cast<char*>(buffer), boxes, n, elem_bytes, unpack);
+  const int64_t slices = slices_for(max_units, kThreads * kUnroll);
+  copy_boxes_kernel<<<blocks_for(n, slices), kThreads, 0, stream>>>(
+      static_cast<char*>(flat), static_cast<char*>(buffer), boxes, n, elem_bytes, unpack, slices);
   return cudaGetLastError();
 }
 
 cudaError_t realloc_unpack_ema_cuda(void* flat, const void* buffer, const PackBox* boxes, int64_t n, PackDType dtype,
                                     int64_t max_segments, double eta, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const dim3 grid = grid_for(n, max_segments, kThreads / 32);
+  const int64_t slices = slices_for(max_segments, kThreads / 32);
+  const unsigned grid = blocks_for(n, slices);
   switch (dtype) {
     case PackDType::kFloat32:
       unpack_ema_kernel<float, float><<<grid, kThreads, 0, stream>>>(
-          static_cast<float*>(flat), static_cast<const float*>(buffer), boxes, n, static_cast<float>(eta));
+          static_cast<float*>(flat), static_cast<const float*>(buffer), boxes, n, static_cast<float>(eta), slices);
       break;
     case PackDType::kFloat64:
       unpack_ema_kernel<double, double><<<grid, kThreads, 0, stream>>>(
-          static_cast<double*>(flat), static_cast<const double*>(buffer), boxes, n, eta);
+          static_cast<double*>(flat), static_cast<const double*>(buffer), boxes, n, eta, slices);
       break;
     case PackDType::kBFloat16:
       unpack_ema_kernel<__nv_bfloat16, float><<<grid, kThreads, 0, stream>>>(
           static_cast<__nv_bfloat16*>(flat), static_cast<const __nv_bfloat16*>(buffer), boxes, n,
-          static_cast<float>(eta));
+          static_cast<float>(eta), slices);
       break;
     case PackDType::kFloat16:
       unpack_ema_kernel<__half, float><<<grid, kThreads, 0, stream>>>(
-          static_cast<__half*>(flat), static_cast<const __half*>(buffer), boxes, n, static_cast<float>(eta));
+          static_cast<__half*>(flat), static_cast<const __half*>(buffer), boxes, n, static_cast<float>(eta), slices);
       break;
   }
   return cudaGetLastError();
