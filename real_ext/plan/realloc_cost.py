@@ -242,8 +242,12 @@ def transfer_pairs(needs: dict[int, tuple[int, int]], keys: list[tuple[Holdings,
     messages: dict[tuple[int, int], Message] = {}
     for holdings, per_sample in keys:
         samples: dict[tuple[int, int], int] = {}
+        cut: dict[tuple[int, int], list] = {}   # share -> its holders: every tp x pp worker of a dp rank asks
         for dst in sorted(needs):
-            for a, b, workers in holdings.holders(*needs[dst]):
+            share = needs[dst]
+            if share not in cut:
+                cut[share] = holdings.holders(*share)
+            for a, b, workers in cut[share]:
                 if not workers:
                     raise KeyError(f"no worker holds samples {a}..{b - 1}")
                 if dst in workers:
