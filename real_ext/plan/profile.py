@@ -236,6 +236,25 @@ def contention_counts(cores: int) -> list[int]:
     return list(range(1, top + 1)) if top <= 8 else sorted({1, top // 4, top // 2, 3 * top // 4, top})
 
 
+def _gather(queue, procs, n: int, timeout: float, what: str) -> list:
+    """``n`` messages that the spawned ``procs`` put on ``queue``; a process
+    dying before it reports, or ``timeout`` seconds passing, is an error
+    saying ``what`` was under way."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n:
+        try:
+            out.append(queue.get(timeout=0.5))
+        except queue_module.Empty:
+            dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"{what}: process {dead[0][0]} exited with code {dead[0][1]} before reporting; a "
+                                   f"script calling run_profile must guard its entry point with "
+                                   f"`if __name__ == '__main__':` (spawned processes re-import it)") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} took over {timeout:.0f} s") from None
+    return out
+
+
 def _profile_contention(config: ModelConfig, threads: int, timeout: float = 120.0) -> dict:
     """How much slower a block's forward + backward runs per process when k
     processes run it at once, against one alone. Ideal sharing of c cores
@@ -252,13 +271,10 @@ def _profile_contention(config: ModelConfig, threads: int, timeout: float = 120.
         p.start()
     times: dict[int, list[float]] = {k: [] for k in counts}
     try:
-        for _ in range(sum(counts)):
-            k, seconds = queue.get(timeout=timeout)
+        for k, seconds in _gather(queue, procs, sum(counts), timeout, f"profiling {counts[-1]} processes at once"):
             if k == "error":
                 raise RuntimeError(f"a contention profiling process failed: {seconds}")
             times[k].append(seconds)
-    except queue_module.Empty:
-        raise RuntimeError(f"profiling {counts[-1]} processes at once took over {timeout:.0f} s") from None
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -384,21 +400,8 @@ def _profile_comm(threads: int, timeout: float = 120.0) -> dict:
     procs = [ctx.Process(target=_comm_worker, args=(r, store, threads, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                status, p2p, ar, transfer = queue.get(timeout=0.5)
-                break
-            except queue_module.Empty:
-                dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"the gloo profiling process {dead[0][0]} exited with code {dead[0][1]} before "
-                                       f"reporting; a script calling run_profile must guard its entry point with "
-                                       f"`if __name__ == '__main__':` (spawned processes re-import it)") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"profiling gloo between two local processes took over {timeout:.0f} s") \
-                        from None
+        [(status, p2p, ar, transfer)] = _gather(queue, procs, 1, timeout, "profiling gloo between two local processes")
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -495,11 +498,13 @@ def main():
     from real_ext.tasks import get_task
     prof = run_profile(args.out_json, model_config=get_task("sort").model_config(args.size), repeats=args.repeats,
                        threads=args.threads)
-    m, c = prof["machine"], prof["comm"]
+    m, c, k = prof["machine"], prof["comm"], prof["contention"]
     print(f"{args.out_json}: {prof['seconds']:.0f} s; {m['cpu_count']} cores, matmul {m['matmul_flops'] / 1e9:.1f} "
           f"GFLOP/s, copy {m['mem_bw'] / 1e9:.1f} GB/s, gloo p2p {c['p2p']['latency'] * 1e6:.0f} us + "
           f"{c['p2p']['bw'] / 1e9:.2f} GB/s, all-reduce {c['all_reduce']['latency'] * 1e6:.0f} us + "
-          f"{c['all_reduce']['bw'] / 1e9:.2f} GB/s")
+          f"{c['all_reduce']['bw'] / 1e9:.2f} GB/s; data transfer {c['transfer']['fixed_s'] * 1e3:.2f} ms + "
+          f"{c['transfer']['per_sample_s'] * 1e6:.0f} us per sample; {k['workers'][-1]} processes at once run "
+          f"{k['slowdown'][-1]:.2f}x slower each (ideal sharing: {max(1.0, k['workers'][-1] / m['cpu_count']):.2f}x)")
 
 
 if __name__ == "__main__":
