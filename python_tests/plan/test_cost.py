@@ -16,7 +16,9 @@ from real_ext.plan.cost import (AnalyticCost, Curve, MFCWork, ModelInfo, Profile
                                 activation_bytes_per_token, block_flops, forward_flops, kv_cache_tokens,
                                 pipeline_bubble)
 from real_ext.plan.hardware import PRESETS, Hardware, parse_cluster
-from real_ext.plan.profile import packed_batch, run_profile
+from real_ext.model.shards import ModelShards
+from real_ext.parallel.layout import ParallelLayout
+from real_ext.plan.profile import packed_batch, run_profile, tp_rank_config
 from real_ext.tasks import get_task
 
 LLAMA_7B = ModelConfig.from_hf_dict(dict(
@@ -25,6 +27,9 @@ LLAMA_7B = ModelConfig.from_hf_dict(dict(
 LLAMA_7B_PARAMS = 6_738_415_616   # Meta's LLaMA-7B, embeddings and untied head included
 TINY = ModelConfig.from_hf_dict(get_task("sort").model_config("tiny"))
 SMALL = ModelConfig.from_hf_dict(get_task("sort").model_config("small"))
+# GQA: 8 query heads over 2 kv heads (replicated on tp ranks past 2).
+LLAMA_GQA = dict(model_type="llama", vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
 
 
 def h100(nodes=2):
@@ -243,16 +248,16 @@ def test_profile_json_describes_the_machine(profile_path):
     assert prof["comm"]["p2p"]["bw"] > 0 and prof["comm"]["all_reduce"]["latency"] > 0
     hw = parse_cluster("1x4xCPU", profile=profile_path)
     assert hw.shared_cores == prof["machine"]["cpu_count"] and hw.n_workers == 4
-    # k processes computing at once cannot get more than the machine's cores.
+    # Contention is measured up to twice the cores and is what the Hardware uses.
     cores, counts = prof["machine"]["cpu_count"], prof["contention"]["workers"]
     assert counts[0] == 1 and counts[-1] >= min(2 * cores, 16)
-    assert prof["contention"]["slowdown"][-1] >= 0.8 * counts[-1] / cores
+    assert all(x >= 1.0 for x in prof["contention"]["slowdown"])
     assert hw.contention(counts[-1]) == pytest.approx(prof["contention"]["slowdown"][-1])
-    # The runtime's data transfer costs more than its bare messages, and more for more samples.
+    # So are the runtime's data transfer and model build.
     transfer = prof["comm"]["transfer"]
-    assert transfer["s"][1] > transfer["s"][0] > 6 * prof["comm"]["p2p"]["latency"]
-    assert hw.transfer_per_sample == transfer["per_sample_s"] > 0
-    assert prof["build"]["per_block_s"] > 0 and hw.build_per_block == prof["build"]["per_block_s"]
+    assert len(transfer["s"]) == 2 and min(transfer["s"]) > 0
+    assert (hw.transfer_fixed, hw.transfer_per_sample) == (transfer["fixed_s"], transfer["per_sample_s"])
+    assert (hw.build_fixed, hw.build_per_block) == (prof["build"]["fixed_s"], prof["build"]["per_block_s"])
 
 
 def test_old_profile_is_refused(profile_path, tmp_path):
@@ -271,3 +276,29 @@ def test_profiled_cost_is_monotone(profile_path):
         times = [cost.mfc_time(model, MFCWork(interface, n, 8, 8), Strategy(1, 1, 1)) for n in (4, 16, 64)]
         assert times == sorted(times) and times[0] < times[-1], interface
     assert cost.mfc_time(model, WORKS[2], Strategy(2, 1, 1)) < cost.mfc_time(model, WORKS[2], Strategy(1, 1, 1))
+
+
+@pytest.mark.parametrize("hf,tp", [(get_task("sort").model_config("small"), 2), (LLAMA_GQA, 2), (LLAMA_GQA, 8)])
+def test_tp_rank_block_is_what_a_tp_rank_holds(hf, tp):
+    """The profile times a tp rank's block as a model of its own; its block
+    holds exactly the parameters the runtime's sharding gives tp rank 0 (kv
+    heads replicated past their count)."""
+    config = ModelConfig.from_hf_dict(hf)
+    local = ReaLModel.from_config(tp_rank_config(config, tp))
+    block = sum(p.numel() for n, p in local.named_parameters() if ".layers.0." in n)
+    shards = ModelShards(config, "lm", ParallelLayout(tuple(range(tp)), 1, tp, 1)).shards(0)
+    assert block == sum(s.numel for s in shards if s.spec.unit == 1)
+
+
+def test_profiled_blocks_per_tp(profile_path):
+    """On the profiled model, a block at a profiled tp costs what was
+    measured at that tp."""
+    with open(profile_path) as f:
+        layer = json.load(f)["layer"]
+    assert set(layer["tp"]) == {"1", "2"} and layer["tokens"][2] == 1024
+    cost = ProfiledCost.from_json(profile_path, n_workers=2)
+    model = ModelInfo(cost.config)
+    for tp in (1, 2):
+        for backward, key in ((False, "forward_s"), (True, "forward_backward_s")):
+            measured = layer["tp"][str(tp)][key][2]
+            assert cost.layers_time(model, 3, 1024, layer["seq_len"], tp, backward) == pytest.approx(3 * measured)

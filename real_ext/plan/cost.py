@@ -643,8 +643,10 @@ class ProfiledCost(CostModel):
         self.config = config_from_profile(profile["model_config"])
         layer, head, dec = profile["layer"], profile["head"], profile["decode"]
         self.seq_len = layer["seq_len"]
-        self.layer_curves = {False: Curve(layer["tokens"], layer["forward_s"]),
-                             True: Curve(layer["tokens"], layer["forward_backward_s"])}
+        # (tp, backward) -> one tp rank's block time vs tokens
+        self.layer_curves = {(int(tp), bwd): Curve(layer["tokens"], times[key])
+                             for tp, times in layer["tp"].items()
+                             for bwd, key in ((False, "forward_s"), (True, "forward_backward_s"))}
         self.head_curves = {(name, bwd): Curve(head["tokens"], head[f"{name}_{key}"])
                             for name in HEADS for bwd, key in ((False, "forward_s"), (True, "forward_backward_s"))}
         self.decode_context = dec["context"]
@@ -667,11 +669,14 @@ class ProfiledCost(CostModel):
         return max(measured + extra, measured * min(1.0, target_flops / profiled_flops))
 
     def layers_time(self, model, n_layers, tokens, seq_len, tp, backward):
+        """The profiled block at this tp (at tp = 1 when this tp was not
+        profiled), adjusted to the model's FLOPs."""
         if not n_layers or not tokens:
             return 0.0
         passes = 3 if backward else 1
-        t = self._adjusted(self.layer_curves[backward](tokens), passes * block_flops(model.config, tokens, seq_len, tp),
-                           passes * block_flops(self.config, tokens, self.seq_len))
+        at = tp if (tp, backward) in self.layer_curves else 1
+        t = self._adjusted(self.layer_curves[at, backward](tokens), passes * block_flops(model.config, tokens, seq_len, tp),
+                           passes * block_flops(self.config, tokens, self.seq_len, at))
         return n_layers * t
 
     def head_time(self, model, tokens, tp, backward):

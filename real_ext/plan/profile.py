@@ -1,7 +1,9 @@
 """Measure this machine for ProfiledCost, with real_ext's own model code, in
 one process (plus two spawned gloo processes for the links):
 
-- one transformer block: forward, and forward + backward, vs tokens;
+- one transformer block: forward, and forward + backward, vs tokens, as one
+  tensor-parallel rank computes it at each tp of PROFILE_TPS that divides
+  the model (the all-reduces between ranks are costed from the gloo fits);
 - the outer part (embedding, final norm, log-prob or value head) vs tokens;
 - a decode step of real_ext.generation.generate vs batch, split into a
   per-block part and a fixed part by timing a 1-block and a 4L-block model;
@@ -45,9 +47,11 @@ from real_ext.data.sample import SequenceSample
 from real_ext.model import ModelConfig, ReaLModel
 from real_ext.model.logprob import next_token_targets
 from real_ext.model.train import OptimConfig, Trainer
+from real_ext.parallel.layout import LayoutError
 from real_ext.plan.hardware import PROFILE_VERSION
 
 SEQ_LEN = 64                 # tokens per packed sequence in the block and head timings
+PROFILE_TPS = (1, 2)         # tensor-parallel widths whose per-rank block is timed
 DECODE_PROMPT = 8            # prompt tokens per sequence when timing decode
 DECODE_STEPS = (2, 26)       # generate this many new tokens; the difference gives the per-step time
 MIN_SAMPLE_S = 0.002         # calls shorter than this are looped within one sample (timer resolution)
@@ -115,12 +119,31 @@ def _block_passes(model, tokens: int):
     return forward, forward_backward
 
 
-def _profile_blocks(model, token_grid, repeats) -> dict:
-    out = {"seq_len": SEQ_LEN, "tokens": list(token_grid), "forward_s": [], "forward_backward_s": []}
-    for tokens in token_grid:
-        forward, forward_backward = _block_passes(model, tokens)
-        out["forward_s"].append(_timeit(forward, repeats))
-        out["forward_backward_s"].append(_timeit(forward_backward, repeats))
+def tp_rank_config(config: ModelConfig, tp: int) -> ModelConfig:
+    """A model whose blocks compute what one rank of ``config`` computes under
+    tensor parallelism ``tp`` (Megatron's split: the heads and the MLP width
+    divided, kv heads replicated when tp exceeds them), the all-reduces aside."""
+    from real_ext.plan.cost import local_dims
+    q, kv, intermediate, _ = local_dims(config, tp)
+    return dataclasses.replace(config, num_heads=q // config.head_dim, num_kv_heads=kv // config.head_dim,
+                               intermediate_size=intermediate)
+
+
+def _profile_blocks(config: ModelConfig, token_grid, repeats) -> dict:
+    """Block timings per tensor-parallel width (key: str(tp)); widths that do
+    not divide the model are left out."""
+    out = {"seq_len": SEQ_LEN, "tokens": list(token_grid), "tp": {}}
+    for tp in PROFILE_TPS:
+        try:
+            local = tp_rank_config(config, tp)
+        except LayoutError:   # tp does not divide the heads or the MLP
+            continue
+        model = ReaLModel.from_config(_with_layers(local, 1))
+        times = out["tp"][str(tp)] = {"forward_s": [], "forward_backward_s": []}
+        for tokens in token_grid:
+            forward, forward_backward = _block_passes(model, tokens)
+            times["forward_s"].append(_timeit(forward, repeats))
+            times["forward_backward_s"].append(_timeit(forward_backward, repeats))
     return out
 
 
@@ -469,7 +492,7 @@ def run_profile(out_json: str, *, model_config: dict | ModelConfig | None = None
             "machine": _machine(threads, repeats),
             "model_config": dataclasses.asdict(config),
             "dtype": "float32",
-            "layer": _profile_blocks(models["lm"], token_grid, repeats),
+            "layer": _profile_blocks(config, token_grid, repeats),
             "head": _profile_head(models, token_grid, repeats),
             "decode": _profile_decode(config, decode_batches, repeats),
             "optimizer": _profile_optimizer(config, repeats),
