@@ -621,10 +621,11 @@ def config_from_profile(d: dict) -> ModelConfig:
 class ProfiledCost(CostModel):
     """Times measured on this machine (profile.py) with real_ext's own code.
 
-    The profile times one block, the outer part (embedding, final norm, head),
-    a decode step and the optimizer of its model on a grid of sizes. Work of
-    another shape (a block under tp, another config) costs the measured call
-    at the same size (tokens, batch), which carries the per-op and
+    The profile times one block (as one tp rank computes it, at each profiled
+    tp), the outer part (embedding, final norm, head), a decode step and the
+    optimizer of its model on a grid of sizes. Work of another shape (another
+    config, a tp that was not profiled) costs the measured call at the same
+    size (tokens, batch), which carries the per-op and
     per-sequence overheads and the working-set effects of that size, plus the
     FLOPs by which the two differ at the machine's matmul rate (bounded below
     by scaling the measured time with the FLOP ratio when the target does
