@@ -96,9 +96,14 @@ class ConnectedWorkers:
 
     POLL_S = 1.0   # a quiet wait checks this often that every worker still runs
 
-    def __init__(self, n_workers: int, listener: Listener):
+    def __init__(self, n_workers: int, host: str, authkey: bytes):
+        """Listen on ``host`` (an ephemeral port) for the workers' connections."""
         self.n = n_workers
-        self.listener = listener
+        # Every worker connects at once while the master authenticates them one
+        # by one: with Listener's default backlog of 1 the kernel dropped the
+        # connections that found the queue full, and those workers waited for
+        # the handshake forever.
+        self.listener = Listener((host, 0), authkey=authkey, backlog=max(n_workers, 16))
         self.conns = [None] * n_workers
         self.closed = False
 
@@ -224,7 +229,7 @@ class LocalLauncher(ConnectedWorkers):
 
     def __init__(self, n_workers: int, setup, *, threads_per_worker: int = 1, start_timeout: float = 300.0):
         authkey = secrets.token_bytes(32)
-        super().__init__(n_workers, Listener(("127.0.0.1", 0), authkey=authkey))
+        super().__init__(n_workers, "127.0.0.1", authkey)
         ctx = mp.get_context("spawn")
         # The rendezvous store is a file: torch's TCP store would listen on every
         # interface, not only on 127.0.0.1.

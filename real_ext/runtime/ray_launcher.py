@@ -33,7 +33,6 @@ import struct
 import sys
 import time
 from datetime import timedelta
-from multiprocessing.connection import Listener
 
 try:
     import ray
@@ -193,7 +192,7 @@ class RayLauncher(ConnectedWorkers):
             ray.init(address=address, log_to_driver=True,
                      **({"include_dashboard": False} if address is None else {}))
         authkey = secrets.token_bytes(32)
-        super().__init__(n_workers, Listener((ray.util.get_node_ip_address(), 0), authkey=authkey))
+        super().__init__(n_workers, ray.util.get_node_ip_address(), authkey)
         self.actors, self.runs, self.store, self.logs, self.where = [], [], None, {}, []
         deadline = time.monotonic() + start_timeout
         gpu = setup.device.startswith("cuda")
