@@ -139,8 +139,8 @@ def main():
                                                      if n in mfc_measured), flush=True)
     rows = [(name, statistics.median(measured[name]), statistics.median(simulated[name])) for name in plans]
     errors = [abs(s - m) / m for _, m, s in rows]
-    print(f"\n| allocation | measured s/step (each round) | simulated (each round) | error of the medians |\n"
-          f"|---|---|---|---|")
+    print("\n| allocation | measured s/step (each round) | simulated (each round) | error of the medians |\n"
+          "|---|---|---|---|")
     for (name, m, s), e in zip(rows, errors):
         print(f"| {name} | {m:.3f} ({_each(measured[name])}) | {s:.3f} ({_each(simulated[name])}) | {e:.0%} |")
     print(f"\nmedian error {statistics.median(errors):.0%} over {len(rows)} allocations, {args.rounds} round(s)")

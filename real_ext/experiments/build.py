@@ -135,19 +135,24 @@ def local_cost(c: ExperimentConfig):
             return AnalyticCost(parse_cluster(cluster))
         except ValueError as e:
             raise ConfigError(f"plan.cluster: {e}; name the GPUs, e.g. plan.cluster=1x8xH100") from None
-    from real_ext.plan.hardware import load_profile
     from real_ext.plan.profile import run_profile
-    why = "measuring this machine first"
-    if os.path.exists(c.plan.profile):
-        try:
-            load_profile(c.plan.profile)
-            why = ""
-        except ValueError as e:
-            why = f"{e}: measuring again"
+    why = _why_profile(c.plan.profile)
     if why:
         print(f"[plan] {why} (real-ext profile) -> {c.plan.profile}", flush=True)
         run_profile(c.plan.profile)
     return ProfiledCost.from_json(c.plan.profile, n_workers=c.n_workers)
+
+
+def _why_profile(path: str) -> str:
+    """Why this machine must be profiled before a search ("" when the profile at ``path`` serves)."""
+    from real_ext.plan.hardware import load_profile
+    if not os.path.exists(path):
+        return "measuring this machine first"
+    try:
+        load_profile(path)
+    except ValueError as e:   # written by an older real_ext
+        return f"{e}: measuring again"
+    return ""
 
 
 def _resolve_models(c: ExperimentConfig) -> None:

@@ -676,7 +676,8 @@ class ProfiledCost(CostModel):
             return 0.0
         passes = 3 if backward else 1
         at = tp if (tp, backward) in self.layer_curves else 1
-        t = self._adjusted(self.layer_curves[at, backward](tokens), passes * block_flops(model.config, tokens, seq_len, tp),
+        t = self._adjusted(self.layer_curves[at, backward](tokens),
+                           passes * block_flops(model.config, tokens, seq_len, tp),
                            passes * block_flops(self.config, tokens, self.seq_len, at))
         return n_layers * t
 

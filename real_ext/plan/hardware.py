@@ -94,13 +94,13 @@ class Hardware:
             return 1.0
         if not self.contention_curve:
             return max(1.0, n_busy / self.shared_cores)
-        (k0, s0), (k1, s1) = self.contention_curve[0], self.contention_curve[-1]
-        if n_busy >= k1:
-            return s1 * n_busy / k1
+        last, slowest = self.contention_curve[-1]
+        if n_busy >= last:
+            return slowest * n_busy / last
         for (a, sa), (b, sb) in zip(self.contention_curve, self.contention_curve[1:]):
             if a <= n_busy <= b:
                 return sa + (sb - sa) * (n_busy - a) / (b - a)
-        return s0   # below the first measured count
+        return self.contention_curve[0][1]   # below the first measured count
 
 
 # Per-GPU figures from NVIDIA's datasheets; one InfiniBand NIC per GPU as in

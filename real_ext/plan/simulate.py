@@ -17,9 +17,10 @@ versions).
 
 Durations come from the cost model (real_ext/plan/cost.py: mfc_time,
 p2p_time); what reallocations and data transfers move comes from the real
-reallocation planner and the runtime's data-transfer rule (realloc_cost.py). With ``hardware.shared_cores`` (CPU workers sharing a
-machine's cores) operations progress at 1 / hardware.contention(k) of their
-speed while k workers are busy (as measured by the profile).
+reallocation planner and the runtime's data-transfer rule (realloc_cost.py).
+With ``hardware.shared_cores`` (CPU workers sharing a machine's cores)
+operations progress at 1 / hardware.contention(k) of their speed while k
+workers are busy (as measured by the profile).
 
 Memory per worker: the resident bytes of every model whose home includes it
 (parameters, and the optimizer states of a trained model), the reallocated
