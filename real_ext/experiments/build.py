@@ -135,24 +135,18 @@ def local_cost(c: ExperimentConfig):
             return AnalyticCost(parse_cluster(cluster))
         except ValueError as e:
             raise ConfigError(f"plan.cluster: {e}; name the GPUs, e.g. plan.cluster=1x8xH100") from None
+    from real_ext.plan.hardware import cpu_hardware, load_profile
     from real_ext.plan.profile import run_profile
-    why = _why_profile(c.plan.profile)
-    if why:
+    profile, why = None, "measuring this machine first"
+    if os.path.exists(c.plan.profile):
+        try:
+            profile = load_profile(c.plan.profile)
+        except ValueError as e:   # written by an older real_ext
+            why = f"{e}: measuring again"
+    if profile is None:
         print(f"[plan] {why} (real-ext profile) -> {c.plan.profile}", flush=True)
-        run_profile(c.plan.profile)
-    return ProfiledCost.from_json(c.plan.profile, n_workers=c.n_workers)
-
-
-def _why_profile(path: str) -> str:
-    """Why this machine must be profiled before a search ("" when the profile at ``path`` serves)."""
-    from real_ext.plan.hardware import load_profile
-    if not os.path.exists(path):
-        return "measuring this machine first"
-    try:
-        load_profile(path)
-    except ValueError as e:   # written by an older real_ext
-        return f"{e}: measuring again"
-    return ""
+        profile = run_profile(c.plan.profile)
+    return ProfiledCost(cpu_hardware(profile, c.n_workers), profile)
 
 
 def _resolve_models(c: ExperimentConfig) -> None:

@@ -107,20 +107,20 @@ def _plan(args) -> None:
     config = load(args.config, args.overrides)
     if isinstance(config, PipelineConfig):
         raise ConfigError("plan: give one experiment's config, not a pipeline")
-    cpu = args.cluster.upper().endswith("CPU")   # the local CPU workers: from the measured profile
-    if cpu and not os.path.exists(args.profile):
-        raise ConfigError(f"--profile: {args.profile!r} does not exist; run `real-ext profile --out "
-                          f"{args.profile}` first")
-    if cpu:
+    profile = None   # the local CPU workers are described by the measured profile
+    if args.cluster.upper().endswith("CPU"):
+        if not os.path.exists(args.profile):
+            raise ConfigError(f"--profile: {args.profile!r} does not exist; run `real-ext profile --out "
+                              f"{args.profile}` first")
         try:
-            load_profile(args.profile)
+            profile = load_profile(args.profile)
         except ValueError as e:
             raise ConfigError(f"--profile: {e}") from None
     try:
-        hardware = parse_cluster(args.cluster, profile=args.profile if cpu else None)
+        hardware = parse_cluster(args.cluster, profile=profile)
     except ValueError as e:
         raise ConfigError(f"--cluster: {e}") from None
-    cost = ProfiledCost.from_json(args.profile, n_workers=hardware.n_workers) if cpu else AnalyticCost(hardware)
+    cost = AnalyticCost(hardware) if profile is None else ProfiledCost(hardware, profile)
     # Allocations come from the search: check everything else on one worker.
     c = resolve(dataclasses.replace(config, n_workers=1, allocations={}, offload=()))
     problem = problem_from_config(c, cost)

@@ -234,10 +234,15 @@ def _profile_build(config: ModelConfig, repeats) -> dict:
     return {"fixed_s": max(t1 - per_block, 0.0), "per_block_s": per_block}
 
 
+def _contention_work(config: ModelConfig):
+    """A one-block model's forward + backward over CONTENTION_TOKENS tokens."""
+    return _block_passes(ReaLModel.from_config(_with_layers(config, 1)), CONTENTION_TOKENS)[1]
+
+
 def _contention_worker(index: int, config: ModelConfig, threads: int, n_iter: int, counts, barrier, queue):
     torch.set_num_threads(threads)
     try:
-        work = _block_passes(ReaLModel.from_config(_with_layers(config, 1)), CONTENTION_TOKENS)[1]
+        work = _contention_work(config)
         work()
         for k in counts:
             barrier.wait()
@@ -284,7 +289,7 @@ def _profile_contention(config: ModelConfig, threads: int, timeout: float = 120.
     would give max(1, k / c); caches, memory bandwidth and the scheduler add
     to it, and the simulator uses what is measured here."""
     counts = contention_counts(os.cpu_count() or 1)
-    alone = _timeit(_block_passes(ReaLModel.from_config(_with_layers(config, 1)), CONTENTION_TOKENS)[1], 3)
+    alone = _timeit(_contention_work(config), 3)
     n_iter = max(3, int(CONTENTION_SAMPLE_S / alone))
     ctx = mp.get_context("spawn")
     queue, barrier = ctx.Queue(), ctx.Barrier(counts[-1])

@@ -6,8 +6,8 @@ It replays what the master (real_ext/runtime/master.py) does, event by event.
 An MFC is issued once its parents have finished: first the data transfers of
 every MFC that became ready, then for each of them in topological order a
 reallocation from its model's home layout (when its layout differs and no
-live copy serves it; it builds the model in that layout first), its run, and the free of the copy once no later MFC of
-the step uses it. Every operation occupies all of its workers, and every
+live copy serves it; it builds the model in that layout first), its run,
+and the free of the copy once no later MFC of the step uses it. Every operation occupies all of its workers, and every
 worker executes its operations in issue order, so MFCs sharing a worker run
 one after the other and MFCs on disjoint meshes run at once. A step ends with
 a clear on every worker, which the master waits for before the next step
