@@ -14,14 +14,24 @@
 namespace real_ext::realloc {
 namespace {
 
-// The validated box list, on the flat buffer's device: staged in pinned host
-// memory (torch's caching host allocator keeps it until the copy is done) and
-// copied without blocking the host.
-at::Tensor device_boxes(const std::vector<PackBox>& boxes, const at::Device& device) {
+// The validated box list as the kernels take it: inline in the launch's
+// parameters when short, else staged in pinned host memory (torch's caching
+// host allocator keeps it until the copy is done) and copied to `device`
+// without blocking the host; `keep` holds that copy until the launch is queued
+// (stream order keeps it valid for the kernel).
+PackBoxList box_list(const std::vector<PackBox>& boxes, const at::Device& device, at::Tensor& keep) {
+  PackBoxList list;
+  list.n = static_cast<int64_t>(boxes.size());
+  if (list.n <= kInlinePackBoxes) {
+    std::copy(boxes.begin(), boxes.end(), list.inline_boxes);
+    return list;
+  }
   at::Tensor host = at::empty({static_cast<int64_t>(boxes.size() * sizeof(PackBox))},
                               at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(host.data_ptr(), boxes.data(), boxes.size() * sizeof(PackBox));
-  return host.to(device, /*non_blocking=*/true);
+  keep = host.to(device, /*non_blocking=*/true);
+  list.device = reinterpret_cast<const PackBox*>(keep.data_ptr());
+  return list;
 }
 
 int64_t max_units(const std::vector<PackBox>& boxes, int64_t elem_bytes) {
@@ -49,11 +59,10 @@ void realloc_pack_into_cuda(const at::Tensor& flat, const at::Tensor& boxes, at:
                        " but flat is on ", flat.device());
   const std::vector<PackBox> bx = read_pack_boxes("realloc_pack_into", boxes, flat.numel(), buffer.numel());
   const c10::cuda::CUDAGuard guard(flat.device());
-  const at::Tensor dev = device_boxes(bx, flat.device());
+  at::Tensor keep;
+  const PackBoxList list = box_list(bx, flat.device(), keep);
   check_launch("realloc_pack_into",
-               realloc_copy_boxes_cuda(const_cast<void*>(flat.data_ptr()), buffer.data_ptr(),
-                                       reinterpret_cast<const PackBox*>(dev.data_ptr()),
-                                       static_cast<int64_t>(bx.size()), flat.element_size(),
+               realloc_copy_boxes_cuda(const_cast<void*>(flat.data_ptr()), buffer.data_ptr(), list, flat.element_size(),
                                        max_units(bx, flat.element_size()), false,
                                        at::cuda::getCurrentCUDAStream()));
 }
@@ -79,16 +88,15 @@ void realloc_unpack_cuda(at::Tensor& flat, const at::Tensor& buffer, const at::T
   REAL_EXT_CHECK_VALUE(eta >= 0.0 && eta <= 1.0, "realloc_unpack_: eta must be in [0, 1], got ", eta);
   const std::vector<PackBox> bx = read_pack_boxes("realloc_unpack_", boxes, flat.numel(), buffer.numel());
   const c10::cuda::CUDAGuard guard(flat.device());
-  const at::Tensor dev = device_boxes(bx, flat.device());
-  const auto* d = reinterpret_cast<const PackBox*>(dev.data_ptr());
-  const int64_t n = static_cast<int64_t>(bx.size());
+  at::Tensor keep;
+  const PackBoxList list = box_list(bx, flat.device(), keep);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (eta == 1.0) {
-    check_launch("realloc_unpack_", realloc_copy_boxes_cuda(flat.data_ptr(), const_cast<void*>(buffer.data_ptr()), d,
-                                                            n, flat.element_size(),
+    check_launch("realloc_unpack_", realloc_copy_boxes_cuda(flat.data_ptr(), const_cast<void*>(buffer.data_ptr()),
+                                                            list, flat.element_size(),
                                                             max_units(bx, flat.element_size()), true, stream));
   } else {
-    check_launch("realloc_unpack_", realloc_unpack_ema_cuda(flat.data_ptr(), buffer.data_ptr(), d, n,
+    check_launch("realloc_unpack_", realloc_unpack_ema_cuda(flat.data_ptr(), buffer.data_ptr(), list,
                                                             pack_dtype(flat.scalar_type()), max_segments(bx),
                                                             eta, stream));
   }

@@ -8,7 +8,9 @@
 // fill every lane of a warp. The work items, (box, slice) pairs, are dealt to
 // a grid of a few waves of resident blocks that loop over them: many small
 // boxes or one narrow slice then run on long-lived blocks instead of tens of
-// thousands of one-pass blocks, each paying its launch and prologue.
+// thousands of one-pass blocks, each paying its launch and prologue; each
+// block loads its next item's box before copying the current one, so the
+// box's load latency no longer stalls the copy between items.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -22,7 +24,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
 constexpr int kMaxBoxSlices = 4096;  // slices per box, at most (then each thread loops within its slice)
-constexpr int kBlocksPerSm = 2;      // resident copy blocks per SM (__launch_bounds__ below; ~120 registers)
+constexpr int kBlocksPerSm = 2;      // resident copy blocks per SM (__launch_bounds__ below; 96 registers, 3 would spill)
 constexpr int kWaves = 4;            // the grid: this many times the resident blocks
 
 // The widest word size in {16, 8, 4, 2, 1} dividing every address and stride.
@@ -65,14 +67,21 @@ __device__ void copy_units(char* dst, int64_t dst_ld, const char* src, int64_t s
   }
 }
 
+// Box i of the list: from the kernel's parameters (constant bank) or device memory.
+__device__ __forceinline__ PackBox box_at(const PackBoxList& list, int64_t i) {
+  return list.device != nullptr ? list.device[i] : list.inline_boxes[i];
+}
+
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
-    copy_boxes_kernel(char* flat, char* buffer, const PackBox* boxes, int64_t n, int64_t es, bool unpack,
+    copy_boxes_kernel(char* flat, char* buffer, const __grid_constant__ PackBoxList boxes, int64_t es, bool unpack,
                       int64_t slices) {
-  const int64_t stride = slices * blockDim.x;
-  for (int64_t item = blockIdx.x; item < n * slices; item += gridDim.x) {
+  const int64_t stride = slices * blockDim.x, items = boxes.n * slices;
+  PackBox next = blockIdx.x < items ? box_at(boxes, blockIdx.x / slices) : PackBox{};
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int64_t b = item / slices;
     const int64_t first = (item - b * slices) * blockDim.x + threadIdx.x;
-    const PackBox box = boxes[b];
+    const PackBox box = next;
+    if (item + gridDim.x < items) next = box_at(boxes, (item + gridDim.x) / slices);
     const int64_t row_bytes = box.cols * es;
     if (box.rows == 0 || row_bytes == 0) continue;
     char* f = flat + box.offset * es;
@@ -104,12 +113,12 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
 template <typename T, typename Acc>
-__global__ void unpack_ema_kernel(T* flat, const T* buffer, const PackBox* boxes, int64_t n, Acc eta, int64_t slices) {
+__global__ void unpack_ema_kernel(T* flat, const T* buffer, const __grid_constant__ PackBoxList boxes, Acc eta, int64_t slices) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   constexpr int64_t kSeg = 2048;  // elements per warp-sized segment of a row
-  for (int64_t item = blockIdx.x; item < n * slices; item += gridDim.x) {
+  for (int64_t item = blockIdx.x; item < boxes.n * slices; item += gridDim.x) {
     const int64_t b = item / slices, slice = item - b * slices;
-    const PackBox box = boxes[b];
+    const PackBox box = box_at(boxes, b);
     const int64_t segs = (box.cols + kSeg - 1) / kSeg;
     for (int64_t i = slice * warps + warp; i < box.rows * segs; i += slices * warps) {
       const int64_t r = i / segs, c0 = (i % segs) * kSeg;
@@ -157,37 +166,37 @@ unsigned blocks_for(int64_t n, int64_t slices) {
 
 }  // namespace
 
-cudaError_t realloc_copy_boxes_cuda(void* flat, void* buffer, const PackBox* boxes, int64_t n, int64_t elem_bytes,
+cudaError_t realloc_copy_boxes_cuda(void* flat, void* buffer, const PackBoxList& boxes, int64_t elem_bytes,
                                     int64_t max_units, bool unpack, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
+  if (boxes.n == 0) return cudaSuccess;
   const int64_t slices = slices_for(max_units, kThreads * kUnroll);
-  copy_boxes_kernel<<<blocks_for(n, slices), kThreads, 0, stream>>>(
-      static_cast<char*>(flat), static_cast<char*>(buffer), boxes, n, elem_bytes, unpack, slices);
+  copy_boxes_kernel<<<blocks_for(boxes.n, slices), kThreads, 0, stream>>>(
+      static_cast<char*>(flat), static_cast<char*>(buffer), boxes, elem_bytes, unpack, slices);
   return cudaGetLastError();
 }
 
-cudaError_t realloc_unpack_ema_cuda(void* flat, const void* buffer, const PackBox* boxes, int64_t n, PackDType dtype,
+cudaError_t realloc_unpack_ema_cuda(void* flat, const void* buffer, const PackBoxList& boxes, PackDType dtype,
                                     int64_t max_segments, double eta, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
+  if (boxes.n == 0) return cudaSuccess;
   const int64_t slices = slices_for(max_segments, kThreads / 32);
-  const unsigned grid = blocks_for(n, slices);
+  const unsigned grid = blocks_for(boxes.n, slices);
   switch (dtype) {
     case PackDType::kFloat32:
       unpack_ema_kernel<float, float><<<grid, kThreads, 0, stream>>>(
-          static_cast<float*>(flat), static_cast<const float*>(buffer), boxes, n, static_cast<float>(eta), slices);
+          static_cast<float*>(flat), static_cast<const float*>(buffer), boxes, static_cast<float>(eta), slices);
       break;
     case PackDType::kFloat64:
       unpack_ema_kernel<double, double><<<grid, kThreads, 0, stream>>>(
-          static_cast<double*>(flat), static_cast<const double*>(buffer), boxes, n, eta, slices);
+          static_cast<double*>(flat), static_cast<const double*>(buffer), boxes, eta, slices);
       break;
     case PackDType::kBFloat16:
       unpack_ema_kernel<__nv_bfloat16, float><<<grid, kThreads, 0, stream>>>(
-          static_cast<__nv_bfloat16*>(flat), static_cast<const __nv_bfloat16*>(buffer), boxes, n,
+          static_cast<__nv_bfloat16*>(flat), static_cast<const __nv_bfloat16*>(buffer), boxes,
           static_cast<float>(eta), slices);
       break;
     case PackDType::kFloat16:
       unpack_ema_kernel<__half, float><<<grid, kThreads, 0, stream>>>(
-          static_cast<__half*>(flat), static_cast<const __half*>(buffer), boxes, n, static_cast<float>(eta), slices);
+          static_cast<__half*>(flat), static_cast<const __half*>(buffer), boxes, static_cast<float>(eta), slices);
       break;
   }
   return cudaGetLastError();

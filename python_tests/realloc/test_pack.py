@@ -26,11 +26,18 @@ def _boxes(flat_numel, seed, n=17):
     return torch.tensor(boxes, dtype=torch.int64)
 
 
+# (boxes, region they lie in): up to 48 boxes travel in the CUDA kernel's
+# parameters, more are copied to the device first; both paths are checked.
+BOX_COUNTS = [(17, 3000), (400, 90000)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int8])
-def test_pack_unpack_round_trip(device, dtype):
-    flat = (torch.randn(80000) * 50).to(dtype).to(device)
-    boxes = _boxes(3000, seed=0)  # boxes must not overlap: an element written twice races on a GPU
+@pytest.mark.parametrize("n_boxes,region", BOX_COUNTS)
+def test_pack_unpack_round_trip(device, dtype, n_boxes, region):
+    flat = (torch.randn(region + 80000) * 50).to(dtype).to(device)
+    boxes = _boxes(region, seed=0, n=n_boxes)  # boxes must not overlap: an element written twice races on a GPU
+    assert len(boxes) == n_boxes + 2
     packed = ops.pack(flat, boxes)
     assert torch.equal(packed.cpu(), ref.pack(flat.cpu(), boxes))
     target = torch.zeros_like(flat)
@@ -51,9 +58,10 @@ def test_pack_into_reused_buffer(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_unpack_ema(device, dtype):
-    flat = torch.randn(80000, dtype=torch.float64).to(dtype).to(device)
-    boxes = _boxes(2000, seed=2)
+@pytest.mark.parametrize("n_boxes,region", BOX_COUNTS)
+def test_unpack_ema(device, dtype, n_boxes, region):
+    flat = torch.randn(region + 80000, dtype=torch.float64).to(dtype).to(device)
+    boxes = _boxes(region, seed=2, n=n_boxes)
     update = torch.randn(int((boxes[:, 2] * boxes[:, 3]).sum()), dtype=torch.float64).to(dtype).to(device)
     out = ops.unpack_(flat.clone(), update, boxes, eta=0.25)
     expected = ref.unpack_(flat.cpu().clone(), update.cpu(), boxes, eta=0.25)
