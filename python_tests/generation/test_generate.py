@@ -80,6 +80,23 @@ def test_logprobs_match_training_forward(models, kwargs):
         assert (train - torch.tensor(gen)).abs().max() <= 1e-5, (i, kwargs)
 
 
+def test_samples_sharing_a_prompts_cache_match_training_forward(models):
+    """n_samples > 1 over prompts of whole and partial 16-token cache blocks
+    (the samples share the full blocks): every sample's log-probs equal the
+    training forward pass over its own prompt + response."""
+    _, ours = models
+    prompts = [list(range(3, 19)), [(7 * i) % 90 + 3 for i in range(37)], [4, 5, 6]]
+    cfg = GenerationConfig(max_new_tokens=20, temperature=0.9, n_samples=3, seed=4)
+    out = generate(ours, prompts, cfg)
+    sequences = [prompts[p] + o for p, o in zip(out.prompt_index, out.output_ids)]
+    cu = cu_seqlens_of([len(s) for s in sequences])
+    with torch.no_grad():
+        logp = ours.logprobs(torch.tensor([t for s in sequences for t in s]), cu, temperature=cfg.temperature)
+    for i, (p, gen) in enumerate(zip(out.prompt_index, out.logprobs)):
+        start = int(cu[i]) + len(prompts[p]) - 1
+        assert (logp[start:start + len(gen)] - torch.tensor(gen)).abs().max() <= 1e-5, i
+
+
 def test_finished_sequences_leave_the_batch(models, monkeypatch):
     _, ours = models
     from real_ext.generation import engine

@@ -85,10 +85,13 @@ def resolve_seed(model, config: GenerationConfig) -> int:
 def new_cache(model, prompts, config: GenerationConfig) -> PagedKVCache:
     layers = [block.self_attn.layer for block in model.model.layers.values()]
     attn = next(iter(model.model.layers.values())).self_attn
-    need = sum(len(p) for p in prompts) * config.n_samples
+    # Room for the prompts' blocks (held once, whatever n_samples) and one more
+    # block per sample (its copy of the prompt's last block, or its first new
+    # tokens); past that the cache doubles as the samples grow.
     block = 16
+    prompt_blocks = sum(-(-len(p) // block) for p in prompts)
     return PagedKVCache(layers, attn.kv_heads, attn.head_dim, model.flat.dtype, model.flat.device, block_size=block,
-                        initial_blocks=-(-need // block) + len(prompts) * config.n_samples)
+                        initial_blocks=prompt_blocks + len(prompts) * config.n_samples)
 
 
 def draw(logits: torch.Tensor, samples: list[Sample], seed: int, step: int, config: GenerationConfig):
@@ -188,12 +191,12 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
     seed = resolve_seed(model, config)
     cache = new_cache(model, prompts, config)
     n = config.n_samples
-    # Prefill each prompt once; its samples start from copies of its cache.
+    # Prefill each prompt once; its samples start from its cache (full blocks shared).
     prompt_seqs = [s.index for s in samples[::n]] if n == 1 else [-(p + 1) for p in range(len(prompts))]
     logits = prefill(model, cache, prompts, prompt_seqs)
     if n > 1:
         for s in samples:
-            cache.copy_sequence(prompt_seqs[s.prompt_index], s.index)
+            cache.share_sequence(prompt_seqs[s.prompt_index], s.index)
         for seq in prompt_seqs:
             cache.release(seq)
     record(samples, *draw(logits.repeat_interleave(n, dim=0), samples, seed, 0, config), config)

@@ -5,6 +5,12 @@ time as it grows and returned to the free list when it finishes. Memory thus
 follows the tokens actually live (up to one partial block per sequence); when
 the free list runs dry the pools double, copying the live blocks over.
 
+The samples of one prompt share its full blocks (a block is counted by the
+sequences holding it and freed when the last lets go); only the prompt's last,
+partly filled block is copied per sample, since that is where each sample
+writes its next tokens. A shared block is never written again: a sequence
+writes only past its cached length, in its own last block or a fresh one.
+
 Every rank that runs the same sequence of allocate/free calls gets the same
 slots, so pipeline stages and tensor-parallel ranks agree without talking.
 """
@@ -46,6 +52,7 @@ class PagedKVCache:
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
         self.free: list[int] = []
+        self.holders: list[int] = []             # block id -> sequences holding it
         self.blocks: dict[int, list[int]] = {}   # sequence id -> its blocks
         self.lengths: dict[int, int] = {}        # sequence id -> cached tokens
         self._grow(max(1, initial_blocks))
@@ -60,6 +67,7 @@ class PagedKVCache:
                 pools[layer] = new
         # Lowest block ids first, so allocation order is the same on every rank.
         self.free = list(range(num_blocks - 1, old - 1, -1)) + self.free
+        self.holders += [0] * (num_blocks - old)
         self.num_blocks = num_blocks
         self.generation += 1
 
@@ -70,25 +78,41 @@ class PagedKVCache:
         slots = []
         for pos in range(length, length + n_tokens):
             if pos // self.block_size == len(blocks):
-                if not self.free:
-                    self._grow(2 * self.num_blocks)
-                blocks.append(self.free.pop())
+                blocks.append(self._take())
             slots.append(blocks[pos // self.block_size] * self.block_size + pos % self.block_size)
         self.lengths[seq] = length + n_tokens
         return slots
 
-    def copy_sequence(self, src: int, dst: int) -> None:
-        """dst starts as a copy of src's cached tokens (several samples of one prompt)."""
-        n = self.lengths[src]
-        dst_slots = torch.tensor(self.allocate(dst, n), device=self.device)
-        src_slots = torch.tensor([self.blocks[src][p // self.block_size] * self.block_size + p % self.block_size
-                                  for p in range(n)], device=self.device)
-        for layer in self.layers:
-            for pools in (self.k, self.v):
-                pools[layer][dst_slots] = pools[layer][src_slots]
+    def _take(self) -> int:
+        if not self.free:
+            self._grow(2 * self.num_blocks)
+        block = self.free.pop()
+        self.holders[block] = 1
+        return block
+
+    def share_sequence(self, src: int, dst: int) -> None:
+        """dst starts with src's cached tokens (several samples of one prompt):
+        src's full blocks are shared, its partly filled last block copied."""
+        n, blocks = self.lengths[src], self.blocks[src]
+        full = n // self.block_size
+        for b in blocks[:full]:
+            self.holders[b] += 1
+        own = blocks[:full]
+        if n % self.block_size:
+            block = self._take()
+            src_rows = slice(blocks[full] * self.block_size, blocks[full] * self.block_size + n % self.block_size)
+            dst_rows = slice(block * self.block_size, block * self.block_size + n % self.block_size)
+            for layer in self.layers:
+                for pools in (self.k, self.v):
+                    pools[layer][dst_rows] = pools[layer][src_rows]
+            own = own + [block]
+        self.blocks[dst], self.lengths[dst] = own, n
 
     def release(self, seq: int) -> None:
-        self.free.extend(reversed(self.blocks.pop(seq, [])))
+        for b in reversed(self.blocks.pop(seq, [])):
+            self.holders[b] -= 1
+            if self.holders[b] == 0:
+                self.free.append(b)
         self.lengths.pop(seq, None)
 
     def block_table(self, seqs: list[int]) -> torch.Tensor:
@@ -103,7 +127,12 @@ class PagedKVCache:
 
     @property
     def live_tokens(self) -> int:
+        """Cached tokens over all sequences (a shared block's tokens count for each holder)."""
         return sum(self.lengths.values())
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - len(self.free)
 
     @property
     def capacity_tokens(self) -> int:

@@ -105,7 +105,7 @@ def generate_pipelined(model, prompts, config: GenerationConfig, prompt_ids) -> 
     record(samples, tokens, logprobs, config)
     if n > 1:
         for s in samples:
-            cache.copy_sequence(prompt_seqs[s.prompt_index], s.index)
+            cache.share_sequence(prompt_seqs[s.prompt_index], s.index)
         for seq in prompt_seqs:
             cache.release(seq)
     # Micro-batches with fixed membership. A non-last stage learns micro-batch

@@ -223,10 +223,13 @@ def kv_bytes_per_token(c: ModelConfig, tp: int, dtype_bytes: int) -> int:
 
 def kv_cache_tokens(n_seqs: int, prompt_len: int, gen_len: int, block: int = 16) -> int:
     """Token slots of generation's paged cache at its final size (kv_cache.py,
-    engine.new_cache): it starts with the prompts' blocks plus one per
-    sequence and doubles until every sequence's blocks fit. A sequence caches
-    prompt_len + gen_len - 1 tokens (the last token is sampled, never fed)."""
-    blocks = -(-n_seqs * prompt_len // block) + n_seqs
+    engine.new_cache) for n_seqs sequences of distinct prompts: it starts with
+    the prompts' blocks plus one per sequence and doubles until every
+    sequence's blocks fit. A sequence caches prompt_len + gen_len - 1 tokens
+    (the last token is sampled, never fed). Samples of one prompt share its
+    full blocks, so n_samples > 1 needs less; this bound is what the memory
+    check assumes."""
+    blocks = n_seqs * -(-prompt_len // block) + n_seqs
     need = n_seqs * -(-(prompt_len + gen_len - 1) // block)
     while blocks < need:
         blocks *= 2
