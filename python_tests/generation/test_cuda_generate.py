@@ -57,7 +57,7 @@ def test_graph_decode_matches_hf_greedy(models, counted):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n_samples", [3, 1])
 def test_graph_decode_equals_eager(models, counted, dtype, n_samples):
-    """n_samples=3: samples copied from their prompt's cache, the running batch
+    """n_samples=3: samples sharing their prompt's cache blocks, the running batch
     shrinking as samples stop at a stop token; n_samples=1, no stop token: every
     sample runs 40 tokens, past the cache's initial reserve (its prompt's blocks
     and one more), so the pools grow after the first capture and the graphs are
