@@ -76,6 +76,8 @@ def tokens(mb: PackedBatch) -> float:
 
 
 class Trainer:
+    NORM_ROW = 1 << 14  # elements per float32 partial norm of the gradient (see _clip)
+
     def __init__(self, model, config: OptimConfig):
         self.model, self.config = model, config
         ctx = model.ctx
@@ -232,10 +234,14 @@ class Trainer:
                     all_reduce_(self.grad[s.offset:s.offset + s.numel], self.model.kv_group)
 
     def _clip(self) -> float:
-        # Float32 dot products over 16K-element chunks, summed in float64: within
-        # ~1e-8 of a float64 sum, without a float64 copy of the gradient.
-        x = (self.grad * self.norm_mask).float()
-        sq = torch.stack([torch.dot(c, c) for c in x.split(1 << 14)]).double().sum()
+        # Float32 norms of 16K-element rows (one reduction kernel over all rows,
+        # not a kernel per chunk: 27K launches for a 0.44B model on a GPU), their
+        # squares summed in float64: within ~1e-7 of a float64 sum, without a
+        # float64 copy of the gradient.
+        x = self.grad * self.norm_mask
+        whole = x.numel() // self.NORM_ROW * self.NORM_ROW
+        rows = torch.linalg.vector_norm(x[:whole].view(-1, self.NORM_ROW), dim=1).double()
+        sq = rows.square().sum() + torch.linalg.vector_norm(x[whole:]).double().square()
         all_reduce_(sq, self.ctx.model_group)
         norm = math.sqrt(float(sq))
         if self.config.grad_clip > 0 and norm > self.config.grad_clip:
