@@ -21,7 +21,8 @@ BACKENDS = [
 
 
 @pytest.fixture(params=BACKENDS)
-def group(request, tmp_path):
+def device(request, tmp_path):
+    """The buffers' device, with a one-worker default process group of its backend for the test."""
     backend, device = request.param
     if device == "cuda":
         torch.cuda.set_device(0)
@@ -31,8 +32,7 @@ def group(request, tmp_path):
 
 
 @pytest.mark.parametrize("config,head", [(LLAMA, "lm"), (LLAMA, "value"), (QWEN2_TIED, "lm")])
-def test_local_copy_and_staging_cap(group, config, head):
-    device = group
+def test_local_copy_and_staging_cap(device, config, head):
     state = full_state(config, head, seed=3)
     layout = Layout.from_config(config, [0], 1, 1, 1, head=head)
     src = layout.shard_of(state, 0).to(device)
@@ -43,8 +43,7 @@ def test_local_copy_and_staging_cap(group, config, head):
         assert matches(layout, dst.cpu(), state, 0)
 
 
-def test_ema(group):
-    device = group
+def test_ema(device):
     new, old = full_state(LLAMA, "lm", seed=1), full_state(LLAMA, "lm", seed=2)
     layout = Layout.from_config(LLAMA, [0], 1, 1, 1)
     dst = layout.shard_of(old, 0).to(device)
