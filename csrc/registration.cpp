@@ -80,4 +80,22 @@ TORCH_LIBRARY(real_ext, m) {
   m.def(
       "sample_tokens(Tensor logits, Tensor uniform, Tensor suppress, Tensor banned, bool greedy,"
       " float temperature, int top_k, float top_p) -> (Tensor tokens, Tensor logprobs)");
+
+  // Decoder-layer element-wise ops (csrc/layers), math in float32 (float64 for
+  // float64 tensors); 2-D operands may be row-strided views (unit column stride).
+  // RMSNorm in HF's order: out = weight * to_dtype(x * rstd), rstd = 1 / sqrt(mean(x^2) + eps).
+  // x: (T, H); weight: (H,) in x's dtype; rstd: (T,) float32 (float64 for float64 x).
+  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor out, Tensor rstd)");
+  // dout like x; dx like x; dweight like weight (float32 sums over the rows, rounded once).
+  m.def("rms_norm_bwd(Tensor dout, Tensor x, Tensor weight, Tensor rstd) -> (Tensor dx, Tensor dweight)");
+  // Rotary embedding: out = x * cos + rotate_half(x) * sin with rotate_half(x) =
+  // cat(-x[..., D/2:], x[..., :D/2]); transpose=True applies the transposed map
+  // (the backward). x: (T, heads, D), D even; cos, sin: (T, D) in x's dtype; out like x.
+  m.def("rope(Tensor x, Tensor cos, Tensor sin, bool transpose) -> Tensor");
+  // SwiGLU: out = silu(gate) * up; gate, up, dout: (T, I); dgate, dup like gate.
+  m.def("silu_mul_fwd(Tensor gate, Tensor up) -> Tensor");
+  m.def("silu_mul_bwd(Tensor dout, Tensor gate, Tensor up) -> (Tensor dgate, Tensor dup)");
+  // y = x weight^T + bias without autograd (decode steps): x (M, K), weight (N, K),
+  // bias (N,) or None, one dtype; y (M, N). The CPU kernel serves M <= 8.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }

@@ -65,6 +65,7 @@ step ppo 150 python3 bench/bench_ppo_gpu.py --out-dir "$LOGS"
 [ -f "$LOGS/ppo_timeline.png" ] && cp "$LOGS/ppo_timeline.png" "$OUT_DIR/"
 step pack 60 python3 bench/bench_pack.py --device cuda --out "$LOGS/pack.md"
 step gae 60 python3 bench/bench_gae.py --device cuda --out "$LOGS/gae.md"
+step layers 60 python3 bench/bench_layers.py --device cuda --dtypes bfloat16 --tokens 8192,64 --out "$LOGS/layers.md"
 step model 90 python3 bench/bench_model.py --device cuda --dtype bfloat16 --out "$LOGS/model.md"
 step attention 150 python3 bench/bench_attention.py --device cuda --no-flex --out "$LOGS/attention.md"
 step attention_long 120 python3 bench/bench_attention.py --device cuda --no-flex --head-dims 128 \

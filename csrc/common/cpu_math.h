@@ -80,6 +80,24 @@ REAL_EXT_INLINE float fast_expf(float x) {
   return x <= -87.3f ? 0.f : y * scale;
 }
 
+// bfloat16 is the high half of a float32: widening is a shift; narrowing
+// rounds to nearest even and keeps NaN a (quiet) NaN, as c10::BFloat16 does.
+REAL_EXT_INLINE float bf16_bits_to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &wide, sizeof(f));
+  return f;
+}
+REAL_EXT_INLINE uint16_t float_to_bf16_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  // NaN -> 0x7fc0 with integer arithmetic only: a select here stops GCC 12
+  // from vectorizing the loops that store bfloat16.
+  const uint32_t nan_mask = 0u - static_cast<uint32_t>((bits & 0x7fffffffu) > 0x7f800000u);
+  return static_cast<uint16_t>(rounded ^ ((rounded ^ 0x7fc0u) & nan_mask));
+}
+
 REAL_EXT_INLINE float exp_t(float x) { return fast_expf(x); }
 inline double exp_t(double x) { return std::exp(x); }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/cpu_math.h"
+#include "common/cpu_vec16.h"
 #include "generation/generation_checks.h"
 
 namespace real_ext {
@@ -39,51 +40,6 @@ REAL_EXT_INLINE float load_f(const uint16_t* p, int64_t i) {
   float f;
   std::memcpy(&f, &bits, sizeof(f));
   return f;
-}
-
-// 16 floats as one GCC vector: one zmm, two ymm or four xmm depending on the
-// clone. Used where the plain-loop style cannot express the computation: the
-// horizontal sums of 16 dot products at once.
-// NOTE: -Wpsabi warns that such values change the calling convention between
-// ISAs; every function taking or returning one is always_inline, so none is
-// ever called across clones.
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vec16 __attribute__((vector_size(64)));
-typedef int32_t vec16i __attribute__((vector_size(64)));
-typedef uint32_t vec16u __attribute__((vector_size(64)));
-typedef uint16_t vec16h __attribute__((vector_size(32)));
-
-REAL_EXT_INLINE vec16 load16(const float* p) {
-  vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-REAL_EXT_INLINE vec16 load16(const uint16_t* p) {
-  vec16h h;
-  std::memcpy(&h, p, sizeof(h));
-  const vec16u bits = __builtin_convertvector(h, vec16u) << 16;
-  vec16 v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-
-// Lanes 0..15 of the result: the sums of v[0..15] (v is clobbered). Four
-// levels of "even lanes + odd lanes" of neighbouring pairs: 15 two-source
-// shuffle pairs for 16 dot products instead of a shuffle tree for each.
-REAL_EXT_INLINE vec16 sum16x16(vec16* v) {
-#if defined(__clang__)
-#define REAL_EXT_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define REAL_EXT_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, vec16i{__VA_ARGS__})
-#endif
-  for (int n = 8; n >= 1; n /= 2)
-    for (int i = 0; i < n; ++i) {
-      const vec16 a = v[2 * i], b = v[2 * i + 1];
-      v[i] = REAL_EXT_SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-             REAL_EXT_SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    }
-#undef REAL_EXT_SHUFFLE
-  return v[0];
 }
 
 // A token's rows sit anywhere in the pool (blocks are scattered), which the
@@ -128,8 +84,6 @@ REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
   const float inv = 1.f / sum;
   for (j = 0; j < n; ++j) s[j] *= inv;
 }
-
-REAL_EXT_INLINE void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 // Scores of M q rows (one kv head, M <= 4) against n <= 16 tokens: each K
 // vector is loaded (and widened) once for the M rows. q: the first of the M

@@ -14,6 +14,14 @@ from real_ext.model.config import ModelConfig
 from real_ext.parallel.comm import copy_to_tp, reduce_from_tp
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear; without autograd the compiled op, whose CPU kernel serves the
+    few rows of a decode step's tail several times faster than BLAS does."""
+    if torch.is_grad_enabled() or x.dim() != 2:
+        return F.linear(x, weight, bias)
+    return ops.linear(x, weight, bias)
+
+
 class Linear(nn.Module):
     """Holds a (local) weight (out, in) and optional bias; applied functionally."""
 
@@ -23,7 +31,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class Norm(nn.Module):
@@ -36,10 +44,7 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "layer":
             return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
-        # RMSNorm in float32, as the reference implementations do.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return ops.rms_norm(x, self.weight, self.eps)  # statistics in float32, HF's rounding order
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -64,29 +69,25 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """cos, sin of shape (T, 1, head_dim) for positions (T,)."""
+    """cos, sin of shape (T, head_dim) for positions (T,): computed in float32
+    and rounded to the model's dtype, as HF does."""
     freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 class PackedInfo:
     """Per-forward facts about a packed batch, computed once and shared by layers.
 
     ``positions`` defaults to each token's index in its sequence; decoding
-    passes the true positions of the new tokens. ``cache`` (a
+    passes the true positions of the new tokens, a shared-prefix layout
+    (``shared``, a real_ext.model.shared_prefix.SharedPrefix) those of its rows. ``cache`` (a
     real_ext.generation.kv_cache.CacheStep) makes attention write the new keys
     and values to the KV cache and, when decoding, attend over the cache.
     """
 
     def __init__(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
-                 max_len: int | None = None):
+                 max_len: int | None = None, shared=None):
         self.cu_seqlens = cu_seqlens
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         if max_len is None:  # a host read: decoding passes 1 (and CUDA graph capture must)
@@ -99,18 +100,26 @@ class PackedInfo:
         self.positions = positions
         self.cache = cache
         self.rope = None  # (cos, sin), filled by the model when it uses rope
+        # A shared-prefix layout (shared_prefix.py): the segments of cu_seqlens
+        # attend to the rows kv_index gathers, in segments cu_seqlens_k.
+        self.kv_index = None if shared is None else shared.kv_index
+        self.cu_seqlens_k = cu_seqlens if shared is None else shared.cu_seqlens_k
+        self.max_len_k = max_len if shared is None else shared.max_len_k
 
 
 def fused_view(*params: torch.Tensor) -> torch.Tensor | None:
     """The parameters as one tensor (concatenated on dim 0) when they lie back to
-    back in one storage (the flat buffer), without copying; else None."""
+    back in one storage (the flat buffer), without copying; else None. Called
+    for every decode step and layer: addresses are compared, not storages."""
     first = params[0]
-    offset = first.storage_offset()
+    ptr, size = first.data_ptr(), first.element_size()
     for p in params:
-        if p.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or p.storage_offset() != offset \
-                or not p.is_contiguous():
+        if p.data_ptr() != ptr or not p.is_contiguous() or p.dtype != first.dtype:
             return None
-        offset += p.numel()
+        ptr += p.numel() * size
+    storage = first.untyped_storage()
+    if ptr > storage.data_ptr() + storage.nbytes():  # adjacent, but not one storage
+        return None
     rows = sum(p.shape[0] for p in params)
     return torch.as_strided(first.detach(), (rows,) + tuple(first.shape[1:]), first.stride(),
                             first.storage_offset())
@@ -124,7 +133,7 @@ def grouped_linear(x: torch.Tensor, linears) -> list[torch.Tensor]:
         biases = [m.bias for m in linears]
         bias = None if biases[0] is None else fused_view(*biases)
         if weight is not None and (biases[0] is None or bias is not None):
-            return list(F.linear(x, weight, bias).split([m.weight.shape[0] for m in linears], dim=-1))
+            return list(linear(x, weight, bias).split([m.weight.shape[0] for m in linears], dim=-1))
     return [m(x) for m in linears]
 
 
@@ -146,7 +155,7 @@ class Attention(nn.Module):
         k = k.reshape(t, self.kv_heads, self.head_dim)
         v = v.reshape(t, self.kv_heads, self.head_dim)
         if info.rope is not None:
-            q, k = apply_rope(q, *info.rope), apply_rope(k, *info.rope)
+            q, k = ops.rope(q, *info.rope), ops.rope(k, *info.rope)
         scale = 1.0 / math.sqrt(self.head_dim)
         cache = info.cache
         if cache is not None:
@@ -156,10 +165,12 @@ class Attention(nn.Module):
             out = ops.decode_attention(q, k_pool, v_pool, cache.block_tables, cache.seq_lens, cache.block_size,
                                        softmax_scale=scale, check_ids=cache.check_ids)
         else:
-            out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens, info.max_len, info.max_len,
+            if info.kv_index is not None:  # shared prefixes: each segment's keys, [prefix, own tokens]
+                k, v = k.index_select(0, info.kv_index), v.index_select(0, info.kv_index)
+            out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens_k, info.max_len, info.max_len_k,
                                        causal=True, softmax_scale=scale)
         # Row-parallel: reduce the partial products first, add the bias once.
-        out = reduce_from_tp(F.linear(out.reshape(t, -1), self.o_proj.weight), tp_group)
+        out = reduce_from_tp(linear(out.reshape(t, -1), self.o_proj.weight), tp_group)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
 
 
@@ -186,10 +197,10 @@ class MLP(nn.Module):
         x = copy_to_tp(x, tp_group)
         if self.gate_proj is not None:
             gate, up = grouped_linear(x, (self.gate_proj, self.up_proj))
-            h = self.act(gate) * up
+            h = ops.silu_mul(gate, up) if self.act is F.silu else self.act(gate) * up
         else:
             h = self.act(self.up_proj(x))
-        out = reduce_from_tp(F.linear(h, self.down_proj.weight), tp_group)
+        out = reduce_from_tp(linear(h, self.down_proj.weight), tp_group)
         return out if self.down_proj.bias is None else out + self.down_proj.bias
 
 

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from real_ext.model.config import ModelConfig
-from real_ext.model.layers import Block, Linear, Norm, PackedInfo, rope_cos_sin, rope_inv_freq
+from real_ext.model.layers import Block, Linear, Norm, PackedInfo, linear, rope_cos_sin, rope_inv_freq
+from real_ext.model.shared_prefix import SharedPrefix, plan_shared_prefix
 from real_ext.model.logprob import CHUNK_ELEMENTS, fused_logprobs, next_token_targets
 from real_ext.model.params import HEADS
 from real_ext.model.shards import ModelShards
@@ -145,8 +146,9 @@ class ReaLModel(nn.Module):
 
     # ------------------------------------------------------------ forward
 
-    def packed_info(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> PackedInfo:
-        info = PackedInfo(cu_seqlens, positions, cache)
+    def packed_info(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                    shared: SharedPrefix | None = None) -> PackedInfo:
+        info = PackedInfo(cu_seqlens, positions, cache, None if shared is None else shared.max_len_q, shared)
         longest = info.max_len if positions is None else (int(positions.max()) + 1 if positions.numel() else 0)
         if longest > self.config.max_positions and self.config.position == "learned":
             raise ValueError(f"a sequence of {longest} tokens exceeds max_position_embeddings="
@@ -199,7 +201,7 @@ class ReaLModel(nn.Module):
         """Values (T,) or full logits (T, vocab) from final hidden states."""
         if self.head == "value":
             return F.linear(h, self.value_head.weight).squeeze(-1)
-        logits = F.linear(copy_to_tp(h, self.tp_group), self.output_weight())
+        logits = linear(copy_to_tp(h, self.tp_group), self.output_weight())
         return gather_from_tp(logits, self.tp_group)[:, :self.config.vocab_size]
 
     def token_logprobs(self, h: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -245,7 +247,18 @@ class ReaLModel(nn.Module):
         if self.ctx.pp > 1:
             from real_ext.model.pipeline import pipeline_forward
             return pipeline_forward(self, input_ids, cu_seqlens, n_microbatches)
-        return self.forward_stage(input_ids, self.packed_info(cu_seqlens))
+        return self.forward_packed(input_ids, cu_seqlens)
+
+    def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (T, hidden) of a packed batch through a model
+        on one pipeline stage. Adjacent sequences that start with the same
+        tokens (the samples of a prompt) run those tokens once
+        (shared_prefix.py) when that removes enough of the work."""
+        shared = plan_shared_prefix(input_ids, cu_seqlens)
+        if shared is None:
+            return self.forward_stage(input_ids, self.packed_info(cu_seqlens))
+        info = self.packed_info(shared.cu_seqlens_q, shared.positions, shared=shared)
+        return self.forward_stage(shared.input_ids, info).index_select(0, shared.gather)
 
     def forward_stage(self, x_or_ids: torch.Tensor, info: PackedInfo) -> torch.Tensor:
         """This stage's part: token ids or hidden states in, hidden states (or the

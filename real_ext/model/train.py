@@ -168,7 +168,7 @@ class Trainer:
         else:
             records = []
             for mb in mbs:
-                hidden = model.forward_stage(mb.input_ids, model.packed_info(mb.cu_seqlens))
+                hidden = model.forward_packed(mb.input_ids, mb.cu_seqlens)
                 loss, record = mb_loss(hidden, mb)
                 loss.backward()
                 records.append(record)

@@ -203,16 +203,18 @@ def forward_flops(c: ModelConfig, head: str, tokens: float, seq_len: float) -> f
 
 def activation_bytes_per_token(c: ModelConfig, tp: int, dtype_bytes: int) -> int:
     """Bytes autograd saves per token in one Block (layers.py), on one tp rank.
-    RMSNorm: its float32 input copy, the normalised x and the output the next
-    projection saves (norms are replicated over tp, 4 + 2d bytes per hidden
-    unit); LayerNorm: input and output. Attention: rope'd q and k, v, the
-    output and the float32 log-sum-exp per head. Gated MLP: gate, up, act(gate)
-    and the product fed to down_proj; plain MLP: up and act(up)."""
+    A norm: its input and the output the next projection saves (norms are
+    replicated over tp), plus a float32 statistic (RMSNorm: 1/rms; LayerNorm:
+    mean and 1/std). Attention: rope'd q and k, v, the output and the float32
+    log-sum-exp per head. Gated MLP: gate and up (the fused SwiGLU op's
+    inputs; other activations also keep act(gate)) and the product fed to
+    down_proj; plain MLP: up and act(up)."""
     q, kv, inter, _ = local_dims(c, tp)
     h, d = c.hidden_size, dtype_bytes
-    norm = (4 + 2 * d) * h + 4 if c.norm == "rms" else 2 * d * h + 8
+    norm = 2 * d * h + (4 if c.norm == "rms" else 8)
     attention = d * (2 * q + 2 * kv) + 4 * (c.num_heads // tp)
-    mlp = d * inter * (4 if c.gated_mlp else 2)
+    fused_swiglu = c.gated_mlp and c.activation == "silu"
+    mlp = d * inter * (3 if fused_swiglu else 4 if c.gated_mlp else 2)
     return 2 * norm + attention + mlp
 
 

@@ -1,0 +1,147 @@
+// y = x W^T + b on the CPU. For the few rows of a decode step's tail (M <= 8
+// sequences still running) oneDNN and MKL spend 30-40 us per call on a small
+// model's products, several times what reading the weights takes; here every
+// weight row is read once (widened from bfloat16 on the fly) and applied to
+// all M rows of x, the products of 16 (row, output) pairs reduced together
+// (sum16x16). Larger M goes to at::linear.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/cpu_math.h"
+#include "common/cpu_vec16.h"
+#include "layers/layer_checks.h"
+
+namespace real_ext {
+namespace {
+
+// The kernel's largest M (at::linear above): past it oneDNN's bfloat16 products
+// win on large K; MKL's float32 ones only past 8.
+constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4;
+constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
+
+REAL_EXT_INLINE float load(const float* p, int64_t i) { return p[i]; }
+REAL_EXT_INLINE float load(const uint16_t* p, int64_t i) { return bf16_bits_to_float(p[i]); }
+REAL_EXT_INLINE void store(float* p, int64_t i, float v) { p[i] = v; }
+REAL_EXT_INLINE void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16_bits(v); }
+
+// Outputs [n0, n1) of the M rows: xf (M, K) float32, W rows of stride ldw,
+// y (M, N) row stride ldy. Dot products collect 16 at a time in `pending`.
+template <int M, typename S>
+REAL_EXT_INLINE void linear_rows_t(const float* xf, int64_t K, const S* W, int64_t ldw, const S* bias, S* y,
+                                   int64_t ldy, int64_t n0, int64_t n1) {
+  vec16 pending[16];
+  float tails[16];
+  int64_t where[16];  // m * ldy + n of each pending sum
+  int np = 0;
+  auto flush = [&](int count) {
+    if (count == 16) {
+      const vec16 r = sum16x16(pending);
+      for (int j = 0; j < 16; ++j) store(y, where[j], r[j] + tails[j]);
+    } else {
+      for (int j = 0; j < count; ++j) {
+        float s = tails[j];
+        for (int l = 0; l < 16; ++l) s += pending[j][l];
+        store(y, where[j], s);
+      }
+    }
+  };
+  // Two weight rows at a time: each x chunk loaded once for both.
+  for (int64_t n = n0; n < n1; n += 2) {
+    const bool pair = n + 1 < n1;
+    const S* w0 = W + n * ldw;
+    const S* w1 = pair ? w0 + ldw : w0;
+    vec16 acc0[M] = {}, acc1[M] = {};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const vec16 a = load16(w0 + k), b = load16(w1 + k);
+      for (int m = 0; m < M; ++m) {
+        const vec16 xv = load16(xf + m * K + k);
+        acc0[m] += xv * a;
+        acc1[m] += xv * b;
+      }
+    }
+    for (int r = 0; r < (pair ? 2 : 1); ++r) {
+      const S* w = r == 0 ? w0 : w1;
+      const float b = bias == nullptr ? 0.f : load(bias, n + r);
+      for (int m = 0; m < M; ++m) {
+        float tail = b;
+        for (int64_t kk = k; kk < K; ++kk) tail += xf[m * K + kk] * load(w, kk);
+        pending[np] = r == 0 ? acc0[m] : acc1[m];
+        tails[np] = tail;
+        where[np] = m * ldy + n + r;
+        if (++np == 16) {
+          flush(16);
+          np = 0;
+        }
+      }
+    }
+  }
+  flush(np);
+}
+
+#define REAL_EXT_LINEAR_ENTRY(M, S)                                                                             \
+  REAL_EXT_CPU_CLONES void linear_rows_##M(const float* xf, int64_t K, const S* W, int64_t ldw, const S* bias, \
+                                           S* y, int64_t ldy, int64_t n0, int64_t n1) {                        \
+    linear_rows_t<M>(xf, K, W, ldw, bias, y, ldy, n0, n1);                                                      \
+  }
+#define REAL_EXT_LINEAR_ENTRIES(S)                                                                   \
+  REAL_EXT_LINEAR_ENTRY(1, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(2, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(3, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(4, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(5, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(6, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(7, S)                                                                        \
+  REAL_EXT_LINEAR_ENTRY(8, S)                                                                        \
+  void linear_rows(int64_t M, const float* xf, int64_t K, const S* W, int64_t ldw, const S* bias, S* y, \
+                   int64_t ldy, int64_t n0, int64_t n1) {                                            \
+    switch (M) {                                                                                     \
+      case 1: return linear_rows_1(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      case 2: return linear_rows_2(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      case 3: return linear_rows_3(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      case 4: return linear_rows_4(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      case 5: return linear_rows_5(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      case 6: return linear_rows_6(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      case 7: return linear_rows_7(xf, K, W, ldw, bias, y, ldy, n0, n1);                             \
+      default: return linear_rows_8(xf, K, W, ldw, bias, y, ldy, n0, n1);                            \
+    }                                                                                                \
+  }
+REAL_EXT_LINEAR_ENTRIES(float)
+REAL_EXT_LINEAR_ENTRIES(uint16_t)
+#undef REAL_EXT_LINEAR_ENTRIES
+#undef REAL_EXT_LINEAR_ENTRY
+
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_linear_args(x, weight, bias);
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  const auto dt = x.scalar_type();
+  const int64_t max_rows = dt == at::kFloat ? kMaxRowsFloat : dt == at::kBFloat16 ? kMaxRowsBFloat16 : 0;
+  if (M > max_rows || M == 0 || K == 0) return at::linear(x, weight, bias);
+  const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  at::Tensor y = at::empty({M, N}, x.options());
+  const int64_t grain = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
+  auto run = [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      linear_rows(M, xf.data_ptr<float>(), K, static_cast<const S*>(w.data_ptr()), w.stride(0), bp,
+                  static_cast<S*>(y.data_ptr()), N, n0, n1);
+    });
+  };
+  if (dt == at::kBFloat16)
+    run(static_cast<uint16_t*>(nullptr));
+  else
+    run(static_cast<float*>(nullptr));
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(real_ext, CPU, m) { m.impl("linear", &linear_cpu); }
+
+}  // namespace real_ext
