@@ -39,10 +39,18 @@ class SharedPrefix:
 
 
 def _common_prefix(ids: list[int], a0: int, b0: int, n: int) -> int:
-    i = 0
-    while i < n and ids[a0 + i] == ids[b0 + i]:
-        i += 1
-    return i
+    """Length of the common prefix of ids[a0:a0+n] and ids[b0:b0+n]: a binary
+    search over slice comparisons (C speed; prompts run to thousands of tokens)."""
+    if ids[a0:a0 + n] == ids[b0:b0 + n]:
+        return n
+    lo, hi = 0, n  # the first lo tokens agree, the first hi do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ids[a0:a0 + mid] == ids[b0:b0 + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _groups(ids: list[int], cu: list[int]) -> list[tuple[int, int, int]]:
@@ -101,11 +109,15 @@ def plan_shared_prefix(input_ids: torch.Tensor, cu_seqlens: torch.Tensor,
             u += n
     device = input_ids.device
 
-    def rows(ranges) -> torch.Tensor:
-        parts = [torch.arange(r.start, r.stop, dtype=torch.int64) for r in ranges if len(r)]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+    def rows(ranges: list[range]) -> torch.Tensor:
+        """The ranges' integers, concatenated (no tensor per range: thousands of them)."""
+        starts = torch.tensor([r.start for r in ranges], dtype=torch.int64)
+        lengths = torch.tensor([len(r) for r in ranges], dtype=torch.int64)
+        n = int(lengths.sum())
+        shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths, output_size=n)
+        return torch.arange(n, dtype=torch.int64) + shift
 
-    pick = rows(range(a, b) for a, b in u_ids).to(device)
+    pick = rows([range(a, b) for a, b in u_ids]).to(device)
     q_lens = [b - a for a, b in zip(seg_q, seg_q[1:])]
     k_lens = [b - a for a, b in zip(seg_k, seg_k[1:])]
     return SharedPrefix(
