@@ -34,13 +34,7 @@ struct DecodeView {
 };
 
 REAL_EXT_INLINE float load_f(const float* p, int64_t i) { return p[i]; }
-// bfloat16 is the high half of a float32.
-REAL_EXT_INLINE float load_f(const uint16_t* p, int64_t i) {
-  const uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
+REAL_EXT_INLINE float load_f(const uint16_t* p, int64_t i) { return bf16_bits_to_float(p[i]); }
 
 // A token's rows sit anywhere in the pool (blocks are scattered), which the
 // hardware prefetchers do not follow, so the passes prefetch (into L2) the

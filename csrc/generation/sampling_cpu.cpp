@@ -32,18 +32,11 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ------------------------------------------------ vectorized row passes
 
-REAL_EXT_INLINE float bf16_to_float(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 REAL_EXT_CPU_CLONES void scale_row(const float* x, int64_t n, float temperature, float* z) {
   for (int64_t i = 0; i < n; ++i) z[i] = x[i] / temperature;
 }
 REAL_EXT_CPU_CLONES void scale_row(const uint16_t* x, int64_t n, float temperature, float* z) {
-  for (int64_t i = 0; i < n; ++i) z[i] = bf16_to_float(x[i]) / temperature;
+  for (int64_t i = 0; i < n; ++i) z[i] = bf16_bits_to_float(x[i]) / temperature;
 }
 
 REAL_EXT_CPU_CLONES float row_max(const float* z, int64_t n) {
