@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from real_ext import ops, ref
-from python_tests.conftest import DEVICES
+from python_tests.conftest import DEVICES, HAS_CUDA
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -124,6 +124,24 @@ def test_silu_mul_saturates(device):
     up = torch.ones_like(gate)
     out = ops.silu_mul(gate, up)
     torch.testing.assert_close(out, ref.silu_mul(gate, up), atol=1e-30, rtol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_float16_on_cuda():
+    x, w = _rand((33, 96), torch.float16, "cuda", 30), _rand((96,), torch.float16, "cuda", 31)
+    dout = _rand((33, 96), torch.float16, "cuda", 32)
+    out, (dx, dw) = _grads(lambda a, b: ops.rms_norm(a, b, 1e-5), [x, w], dout)
+    out64, (dx64, dw64) = _grads(lambda a, b: ref.rms_norm(a, b, 1e-5), [x.double(), w.double()], dout.double())
+    out_pt, (dx_pt, dw_pt) = _grads(lambda a, b: ref.rms_norm(a, b, 1e-5), [x, w], dout)
+    _close(out, out64, out_pt)
+    _close(dx, dx64, dx_pt)
+    _close(dw, dw64, dw_pt)
+    gate, up = x[:, :48], x[:, 48:]
+    _close(ops.silu_mul(gate, up), ref.silu_mul(gate.double(), up.double()), ref.silu_mul(gate, up))
+    q = _qkv_view(9, 2, 32, torch.float16, "cuda", 33)
+    cos, sin = _angles(9, 32, torch.float16, "cuda")
+    _close(ops.rope(q, cos, sin), ref.rope(q.double(), cos.double(), sin.double()), ref.rope(q, cos, sin))
 
 
 @pytest.mark.parametrize("device", DEVICES)
