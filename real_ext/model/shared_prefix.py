@@ -84,27 +84,29 @@ def plan_shared_prefix(input_ids: torch.Tensor, cu_seqlens: torch.Tensor,
     saved = sum((stop - first - 1) * length for first, stop, length in groups)
     if saved < min_saving * total:
         return None
-    u_ids, u_pos, seg_q, kv, gather = [], [], [0], [], []
-    seg_k, u = [0], 0  # u: rows of U so far
+    # Ranges of: batch rows taken into U, their positions, U rows each
+    # segment attends to, U rows of every batch token; u: rows of U so far.
+    u_ids, u_pos, kv, gather = [], [], [], []
+    seg_q, seg_k, u = [0], [0], 0
 
-    def add_segment(q_rows: list[range], k_rows: list[range]):
-        seg_q.append(seg_q[-1] + sum(len(r) for r in q_rows))
-        kv.extend(k_rows)
-        seg_k.append(seg_k[-1] + sum(len(r) for r in k_rows))
+    def add_segment(queries: range, keys: list[range]):
+        seg_q.append(seg_q[-1] + len(queries))
+        kv.extend(keys)
+        seg_k.append(seg_k[-1] + sum(len(r) for r in keys))
 
     for first, stop, length in groups:
         prefix = range(u, u + length)
         if length:
-            u_ids.append((cu[first], cu[first] + length))
+            u_ids.append(range(cu[first], cu[first] + length))
             u_pos.append(range(0, length))
-            add_segment([prefix], [prefix])
+            add_segment(prefix, [prefix])
             u += length
         for s in range(first, stop):
             n = cu[s + 1] - cu[s] - length
             own = range(u, u + n)
-            u_ids.append((cu[s] + length, cu[s + 1]))
+            u_ids.append(range(cu[s] + length, cu[s + 1]))
             u_pos.append(range(length, length + n))
-            add_segment([own], [prefix, own])
+            add_segment(own, [prefix, own])
             gather.extend([prefix, own])
             u += n
     device = input_ids.device
@@ -117,7 +119,7 @@ def plan_shared_prefix(input_ids: torch.Tensor, cu_seqlens: torch.Tensor,
         shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths, output_size=n)
         return torch.arange(n, dtype=torch.int64) + shift
 
-    pick = rows([range(a, b) for a, b in u_ids]).to(device)
+    pick = rows(u_ids).to(device)
     q_lens = [b - a for a, b in zip(seg_q, seg_q[1:])]
     k_lens = [b - a for a, b in zip(seg_k, seg_k[1:])]
     return SharedPrefix(
