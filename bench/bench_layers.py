@@ -55,7 +55,7 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--tokens", default="1024,4", help="token counts of the element-wise cases")
-    p.add_argument("--linear-rows", default="1,2,4,8")
+    p.add_argument("--linear-rows", default="1,4,16,32")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", default=None)
     args = p.parse_args()

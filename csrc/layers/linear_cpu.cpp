@@ -13,13 +13,15 @@
 #include "common/cpu_math.h"
 #include "common/cpu_vec16.h"
 #include "layers/layer_checks.h"
+#include "layers/linear_bf16_dot.h"
 
 namespace real_ext {
 namespace {
 
-// The kernel's largest M (at::linear above): past it oneDNN's bfloat16 products
-// win on large K; MKL's float32 ones only past 8.
-constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4;
+// The kernels' largest M (at::linear above): past it oneDNN's bfloat16 products
+// win on large K; MKL's float32 ones only past 8; with AVX512-BF16 dot products
+// (linear_bf16_dot.h) bfloat16 runs here up to kMaxRowsBf16Dot rows.
+constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 32;
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 
 REAL_EXT_INLINE float load(const float* p, int64_t i) { return p[i]; }
@@ -118,17 +120,32 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   check_linear_args(x, weight, bias);
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   const auto dt = x.scalar_type();
-  const int64_t max_rows = dt == at::kFloat ? kMaxRowsFloat : dt == at::kBFloat16 ? kMaxRowsBFloat16 : 0;
+  const bool bf16_dot = dt == at::kBFloat16 && has_bf16_dot();
+  const int64_t max_rows = bf16_dot              ? kMaxRowsBf16Dot
+                           : dt == at::kFloat    ? kMaxRowsFloat
+                           : dt == at::kBFloat16 ? kMaxRowsBFloat16
+                                                 : 0;
   if (M > max_rows || M == 0 || K == 0) return at::linear(x, weight, bias);
   const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
+  if (bf16_dot) {
+    const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
+    at::Tensor y = at::empty({M, N}, x.options());
+    const auto* bp = b.defined() ? static_cast<const uint16_t*>(b.data_ptr()) : nullptr;
+    at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
+      linear_bf16_dot(M, static_cast<const uint16_t*>(xr.data_ptr()), xr.stride(0), K,
+                      static_cast<const uint16_t*>(w.data_ptr()), w.stride(0), bp, static_cast<uint16_t*>(y.data_ptr()),
+                      N, n0, n1);
+    });
+    return y;
+  }
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   at::Tensor y = at::empty({M, N}, x.options());
-  const int64_t grain = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
   auto run = [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;
-    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
       linear_rows(M, xf.data_ptr<float>(), K, static_cast<const S*>(w.data_ptr()), w.stride(0), bp,
                   static_cast<S*>(y.data_ptr()), N, n0, n1);
     });
