@@ -9,7 +9,7 @@
 
 namespace real_ext {
 
-// True when this CPU runs AVX512-BF16 (checked once).
+// True when this CPU runs AVX512-BF16 and REAL_EXT_NO_BF16_DOT is unset (checked once).
 bool has_bf16_dot();
 
 // Outputs [n0, n1) of rows [0, M) (any M; blocks of 8 rows): x (M, K) with row

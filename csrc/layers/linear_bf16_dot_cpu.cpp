@@ -5,6 +5,8 @@
 // load covers K's tail.
 #include "layers/linear_bf16_dot.h"
 
+#include <cstdlib>
+
 #include "common/cpu_math.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -74,7 +76,8 @@ REAL_EXT_BF16_DOT void all_rows(int64_t M, const uint16_t* x, int64_t ldx, int64
 }  // namespace
 
 bool has_bf16_dot() {
-  static const bool yes = __builtin_cpu_supports("avx512bf16");
+  // REAL_EXT_NO_BF16_DOT=1 takes the portable kernel (the tests run it so on CPUs with AVX512-BF16).
+  static const bool yes = __builtin_cpu_supports("avx512bf16") && std::getenv("REAL_EXT_NO_BF16_DOT") == nullptr;
   return yes;
 }
 

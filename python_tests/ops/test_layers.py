@@ -5,6 +5,10 @@ the decode steps' linear against a float64 product.
 Tolerances follow STYLE.md: the op's error against the float64 reference is
 at most twice PyTorch's own error (the reference run at the op's dtype), plus
 a float32-sized floor for the cases where PyTorch happens to be exact."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -184,6 +188,26 @@ def test_linear_matches_float64(rows, k, n, bias, dtype, device):
     assert out.dtype == dtype and out.shape == (rows, n)
     # float32 sums of up to 256 products (a different order than BLAS's)
     _close(out, out64, out_pt, floor=4e-6 * k ** 0.5)
+
+
+def test_linear_portable_bfloat16_kernel():
+    # Where the CPU has AVX512-BF16 (this machine and CI) bfloat16 rows take the
+    # vdpbf16ps kernel; the portable one serves the other CPUs: run it too.
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from real_ext import ops\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for rows, k, n in [(1, 256, 67), (3, 40, 33), (4, 7, 5)]:\n"
+        "    x = torch.randn(rows, k, generator=g).bfloat16()\n"
+        "    w = torch.randn(n, k, generator=g).bfloat16()\n"
+        "    ref = F.linear(x.double(), w.double())\n"
+        "    err = (ops.linear(x, w).double() - ref).abs().max().item()\n"
+        "    pt = (F.linear(x, w).double() - ref).abs().max().item()\n"
+        "    assert err <= 2 * pt + 1e-3, (rows, k, n, err, pt)\n"
+        "print('ok')\n")
+    env = dict(os.environ, REAL_EXT_NO_BF16_DOT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 @pytest.mark.parametrize("device", DEVICES)
