@@ -98,6 +98,15 @@ REAL_EXT_INLINE uint16_t float_to_bf16_bits(float f) {
   return static_cast<uint16_t>(rounded ^ ((rounded ^ 0x7fc0u) & nan_mask));
 }
 
+// Element access by storage type, math in float32 (float64 for double);
+// bfloat16 travels as its uint16_t bits.
+REAL_EXT_INLINE float load(const float* p, int64_t i) { return p[i]; }
+REAL_EXT_INLINE double load(const double* p, int64_t i) { return p[i]; }
+REAL_EXT_INLINE float load(const uint16_t* p, int64_t i) { return bf16_bits_to_float(p[i]); }
+REAL_EXT_INLINE void store(float* p, int64_t i, float v) { p[i] = v; }
+REAL_EXT_INLINE void store(double* p, int64_t i, double v) { p[i] = v; }
+REAL_EXT_INLINE void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16_bits(v); }
+
 REAL_EXT_INLINE float exp_t(float x) { return fast_expf(x); }
 inline double exp_t(double x) { return std::exp(x); }
 

@@ -18,6 +18,10 @@ void check_rope_args(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 // gate, up (T, I) of one dtype and device; dout (bwd) the same.
 void check_silu_mul_args(const char* op, const at::Tensor& gate, const at::Tensor& up);
 
+// A 2-D operand as the kernels read it: unit column stride, any row stride
+// (views of a fused product stay uncopied).
+inline at::Tensor rows_view(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
+
 // x (M, K), weight (N, K), bias (N,) or none; one dtype and device.
 void check_linear_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 

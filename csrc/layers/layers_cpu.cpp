@@ -24,12 +24,6 @@ namespace {
 
 constexpr int64_t kGrainElems = 1 << 14;  // elements per parallel work item, at least
 
-REAL_EXT_INLINE float load(const float* p, int64_t i) { return p[i]; }
-REAL_EXT_INLINE double load(const double* p, int64_t i) { return p[i]; }
-REAL_EXT_INLINE float load(const uint16_t* p, int64_t i) { return bf16_bits_to_float(p[i]); }
-REAL_EXT_INLINE void store(float* p, int64_t i, float v) { p[i] = v; }
-REAL_EXT_INLINE void store(double* p, int64_t i, double v) { p[i] = v; }
-REAL_EXT_INLINE void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16_bits(v); }
 // v rounded to the storage type S (HF rounds the normalized row before the weight).
 REAL_EXT_INLINE float round_as(const float*, float v) { return v; }
 REAL_EXT_INLINE double round_as(const double*, double v) { return v; }
@@ -222,9 +216,6 @@ template <typename S>
 S* ptr(const at::Tensor& t) {
   return static_cast<S*>(t.data_ptr());
 }
-
-// A 2-D operand read by rows: unit column stride, any row stride.
-at::Tensor rows_view(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
 
 int64_t grain_rows(int64_t row_elems) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, row_elems)); }
 

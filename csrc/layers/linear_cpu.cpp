@@ -24,11 +24,6 @@ namespace {
 constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 32;
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 
-REAL_EXT_INLINE float load(const float* p, int64_t i) { return p[i]; }
-REAL_EXT_INLINE float load(const uint16_t* p, int64_t i) { return bf16_bits_to_float(p[i]); }
-REAL_EXT_INLINE void store(float* p, int64_t i, float v) { p[i] = v; }
-REAL_EXT_INLINE void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16_bits(v); }
-
 // Outputs [n0, n1) of the M rows: xf (M, K) float32, W rows of stride ldw,
 // y (M, N) row stride ldy. Dot products collect 16 at a time in `pending`.
 template <int M, typename S>
