@@ -64,17 +64,21 @@ def realhf_bytes(src: Layout, dst: Layout) -> int:
     return total
 
 
-def timed(fn, repeats):
-    times = []
+def timed(fns, repeats):
+    """Median seconds of each function (the slowest rank's time between
+    barriers), the functions taking turns so that drift in this machine's load
+    reaches them alike."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        dist.barrier()
-        t0 = time.perf_counter()
-        fn()
-        dist.barrier()
-        t = torch.tensor(time.perf_counter() - t0)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        times.append(float(t))
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            dist.barrier()
+            t = torch.tensor(time.perf_counter() - t0)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            ts.append(float(t))
+    return [statistics.median(ts) for ts in times]
 
 
 def worker(rank, world, pair_index, repeats, max_buffer_bytes):
@@ -88,12 +92,12 @@ def worker(rank, world, pair_index, repeats, max_buffer_bytes):
     def ours():
         execute(p, src_buf, dst_buf, max_buffer_bytes=max_buffer_bytes)
 
-    t_ours = timed(ours, repeats)
+    ours()
     correct = dst_buf is None or torch.equal(dst_buf, dst.shard_of(state, rank))
     # The part of ours that the raw anchor does not do: copying what a worker already holds.
     local_rows = p.tensor[:, 0] == p.tensor[:, 1]
     local_only = dataclasses.replace(p, tensor=p.tensor[local_rows])
-    t_local = timed(lambda: execute(local_only, src_buf, dst_buf, max_buffer_bytes=max_buffer_bytes), repeats)
+    t_local, = timed([lambda: execute(local_only, src_buf, dst_buf, max_buffer_bytes=max_buffer_bytes)], repeats)
 
     names = list(src.params)
     sizes = [torch.Size(src.params[n]).numel() for n in names]
@@ -127,7 +131,7 @@ def worker(rank, world, pair_index, repeats, max_buffer_bytes):
             offsets = [sum(sizes[:i]) for i in range(len(names))]
             dst.shard_of({n: full[o:o + k].view(src.params[n]) for n, o, k in zip(names, offsets, sizes)}, rank)
 
-    t_naive = timed(naive, repeats)
+    t_naive, = timed([naive], repeats)
 
     volumes = {}
     for t in p.transfers:
@@ -142,7 +146,7 @@ def worker(rank, world, pair_index, repeats, max_buffer_bytes):
         for w in works:
             w.wait()
 
-    t_raw = timed(raw, repeats)
+    t_ours, t_raw = timed([ours, raw], repeats)
     t0 = time.perf_counter()
     plan(src, dst)
     t_plan = time.perf_counter() - t0
@@ -171,7 +175,7 @@ def main():
                             "x faster than naive",
                             "ours / raw", "send max/mean", "plan ms"], rows)
     note = (f"Machine: {machine('cpu')}; gloo on 127.0.0.1, one process per worker (1 thread each); float32; "
-            f"median of {args.repeats} (time = slowest rank, between barriers); staging cap "
+            f"median of {args.repeats} (time = slowest rank, between barriers; ours and raw taking turns); staging cap "
             f"{args.max_buffer_mb} MiB. Every destination buffer was checked equal to the slices of the full "
             f"parameters.")
     emit(table + "\n\n" + note + "\n", args.out)

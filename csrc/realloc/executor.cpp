@@ -2,13 +2,18 @@
 // CPU, NCCL on GPU: the same code). The traffic to and from each peer is cut
 // into chunks, identically by sender and receiver. Order of work, identical on
 // every rank:
-//   1. chunks that are one contiguous box in both buffers (usually most bytes:
+//   1. the first two rounds of staged chunks (those strided in either buffer,
+//      and short runs batched together) posted: round r packs chunk r for
+//      every peer into a send buffer and receives chunk r from every peer into
+//      a receive buffer, two buffers each per peer, so staging stays within
+//      max_buffer_bytes;
+//   2. chunks that are one contiguous box in both buffers (usually most bytes:
 //      whole shards of consecutive parameters merge into long runs): every send
 //      and receive posted at once, straight from / into the flat buffers;
-//   2. pieces this rank already holds: copied locally, while 1 is on the wire;
-//   3. the other chunks, staged, in rounds: round r posts chunk r to and from
-//      every peer at once, with one send and one receive buffer per peer, so
-//      staging stays within max_buffer_bytes.
+//   3. pieces this rank already holds: copied locally, while 1 and 2 are on
+//      the wire;
+//   4. staged round r waited for and unpacked while round r + 1 is on the
+//      wire; round r + 2 posted into the buffers r freed.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
@@ -16,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <deque>
 #include <optional>
 
 #include "common/check.h"
@@ -157,6 +163,8 @@ at::Tensor pack(const at::Tensor& flat, const Chunk& c, const at::Tensor& stage)
 }
 
 constexpr int kDirectTag = 1, kStagedTag = 2;
+// Staged rounds in flight at once (a send and a receive buffer per peer each).
+constexpr int64_t kDepth = 2;
 constexpr int64_t kDirectCap = int64_t(1) << 26;  // elements per straight message
 
 // One box that is contiguous in its buffer: sent or received in place, no staging.
@@ -195,100 +203,130 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
                        " receives parameters but got dst_flat=None");
   if (!src_flat.has_value() && !dst_flat.has_value()) return 0;  // nothing to do here
   const at::Tensor& any = src_flat.has_value() ? *src_flat : *dst_flat;
-  // Staging: one send and one receive buffer per peer plus one for local
-  // pieces, each at most `cap` elements, so that all peers are served at once
-  // within max_buffer_bytes.
-  const int64_t buffers = 2 * std::max<int64_t>(size - 1, 1) + 1;
+  // Staging: kDepth send and receive buffers per peer (staged rounds in
+  // flight at once) plus one for local pieces, each at most `cap` elements,
+  // so that all peers are served at once within max_buffer_bytes.
+  const int64_t buffers = 2 * kDepth * std::max<int64_t>(size - 1, 1) + 1;
   const int64_t cap = max_buffer_bytes / buffers / any.element_size();
   REAL_EXT_CHECK_VALUE(cap >= 1, "realloc_execute: max_buffer_bytes=", max_buffer_bytes,
                        " leaves no staging room; give at least ", buffers * any.element_size(), " bytes");
   at::Tensor dst = dst_flat.has_value() ? *dst_flat : at::Tensor();
 
-  // Phase A: chunks that are one contiguous box on both sides travel straight
-  // from the source buffer into the destination buffer, all posted at once.
-  // Phase B: the rest, staged, in rounds: round r moves chunk r of every peer's
-  // stream, all peers at once. Both sides classify and cut a stream the same
-  // way (they see the same boxes); the phases use different tags so that their
-  // messages never match each other.
+  // Direct chunks (one contiguous box on both sides) travel straight from the
+  // source buffer into the destination buffer; the rest is staged. Both sides
+  // classify and cut a stream the same way (they see the same boxes); the two
+  // kinds use different tags so that their messages never match each other.
   const bool in_place = eta == 1.0;  // blending needs the received values staged
   auto direct = [&](const Chunk& c) { return in_place && contiguous(c.src) && contiguous(c.dst); };
-  std::vector<std::vector<Chunk>> send_chunks(size), recv_chunks(size);
+  std::vector<std::vector<Chunk>> send_chunks(size), recv_chunks(size), send_direct(size), recv_direct(size);
   std::vector<int64_t> send_max(size, 0), recv_max(size, 0);
+  for (int64_t p = 0; p < size; ++p) {
+    for (Chunk& c : make_chunks(in[p], cap, kDirectCap)) {
+      if (direct(c)) {
+        recv_direct[p].push_back(std::move(c));
+        continue;
+      }
+      if (!(in_place && contiguous(c.dst))) recv_max[p] = std::max(recv_max[p], c.elements);
+      recv_chunks[p].push_back(std::move(c));
+    }
+    for (Chunk& c : make_chunks(out[p], cap, kDirectCap)) {
+      if (direct(c)) {
+        send_direct[p].push_back(std::move(c));
+        continue;
+      }
+      if (!contiguous(c.src)) send_max[p] = std::max(send_max[p], c.elements);
+      send_chunks[p].push_back(std::move(c));
+    }
+  }
+  size_t rounds = 0;
+  for (int64_t p = 0; p < size; ++p) rounds = std::max({rounds, send_chunks[p].size(), recv_chunks[p].size()});
+  const size_t slots = std::min<size_t>(kDepth, rounds);
+  const at::TensorOptions opts = any.options();
+  std::vector<std::vector<at::Tensor>> send_stage(size), recv_stage(size);  // [peer][slot]
+  int64_t staged_elements = 0;
+  for (int64_t p = 0; p < size; ++p)
+    for (size_t i = 0; i < slots; ++i) {
+      send_stage[p].push_back(at::empty({send_max[p]}, opts));
+      recv_stage[p].push_back(at::empty({recv_max[p]}, opts));
+      staged_elements += send_max[p] + recv_max[p];
+    }
+
+  // Staged round r moves chunk r of every peer's stream, all peers at once,
+  // through buffer slot r % kDepth; round r + 1 is on the wire (and packed)
+  // while round r is unpacked.
+  struct Round {
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    std::vector<std::vector<at::Tensor>> bufs;
+    std::vector<std::pair<int64_t, size_t>> to_unpack;  // (peer, index into bufs)
+  };
+  auto post = [&](size_t r) {
+    Round round;
+    round.bufs.reserve(2 * size);
+    for (int64_t p = 0; p < size; ++p) {
+      if (r >= recv_chunks[p].size()) continue;
+      const Chunk& c = recv_chunks[p][r];
+      const bool into_place = in_place && contiguous(c.dst);
+      round.bufs.push_back({into_place ? dst.narrow(0, c.dst[0].offset, c.elements)
+                                       : recv_stage[p][r % slots].narrow(0, 0, c.elements)});
+      round.works.push_back(group->recv(round.bufs.back(), static_cast<int>(p), kStagedTag));
+      if (!into_place) round.to_unpack.push_back({p, round.bufs.size() - 1});
+    }
+    for (int64_t p = 0; p < size; ++p) {
+      if (r >= send_chunks[p].size()) continue;
+      const Chunk& c = send_chunks[p][r];
+      round.bufs.push_back({contiguous(c.src) ? src_flat->narrow(0, c.src[0].offset, c.elements)
+                                              : pack(*src_flat, c, send_stage[p][r % slots])});
+      round.works.push_back(group->send(round.bufs.back(), static_cast<int>(p), kStagedTag));
+    }
+    return round;
+  };
+  auto finish = [&](Round& round, size_t r) {
+    for (auto& w : round.works) w->wait();
+    for (auto [p, i] : round.to_unpack) unpack(dst, round.bufs[i][0], recv_chunks[p][r], eta);
+  };
+
+  // Order of posting: the first staged rounds, then every direct chunk, so
+  // that the staged rounds' packing and unpacking overlap the direct traffic.
+  std::deque<Round> in_flight;
+  size_t posted = 0;
+  for (; posted < slots; ++posted) in_flight.push_back(post(posted));
   std::vector<c10::intrusive_ptr<c10d::Work>> direct_work;
   std::vector<std::vector<at::Tensor>> direct_bufs;
+  direct_bufs.reserve(size * 8);
   for (int64_t p = 0; p < size; ++p) {
-    for (const Chunk& c : make_chunks(in[p], cap, kDirectCap)) {
-      if (direct(c)) {
-        direct_bufs.push_back({dst.narrow(0, c.dst[0].offset, c.elements)});
-        direct_work.push_back(group->recv(direct_bufs.back(), static_cast<int>(p), kDirectTag));
-      } else {
-        recv_chunks[p].push_back(c);
-        if (!(in_place && contiguous(c.dst))) recv_max[p] = std::max(recv_max[p], c.elements);
-      }
+    for (const Chunk& c : recv_direct[p]) {
+      std::vector<at::Tensor> buf{dst.narrow(0, c.dst[0].offset, c.elements)};
+      direct_work.push_back(group->recv(buf, static_cast<int>(p), kDirectTag));
+      direct_bufs.push_back(std::move(buf));
     }
-    for (const Chunk& c : make_chunks(out[p], cap, kDirectCap)) {
-      if (direct(c)) {
-        direct_bufs.push_back({src_flat->narrow(0, c.src[0].offset, c.elements)});
-        direct_work.push_back(group->send(direct_bufs.back(), static_cast<int>(p), kDirectTag));
-      } else {
-        send_chunks[p].push_back(c);
-        if (!contiguous(c.src)) send_max[p] = std::max(send_max[p], c.elements);
-      }
+    for (const Chunk& c : send_direct[p]) {
+      std::vector<at::Tensor> buf{src_flat->narrow(0, c.src[0].offset, c.elements)};
+      direct_work.push_back(group->send(buf, static_cast<int>(p), kDirectTag));
+      direct_bufs.push_back(std::move(buf));
     }
-  }
-  const at::TensorOptions opts = any.options();
-  std::vector<at::Tensor> send_stage(size), recv_stage(size);
-  int64_t staged_elements = 0;
-  for (int64_t p = 0; p < size; ++p) {
-    send_stage[p] = at::empty({send_max[p]}, opts);
-    recv_stage[p] = at::empty({recv_max[p]}, opts);
-    staged_elements += send_max[p] + recv_max[p];
   }
 
-  // Local pieces, while phase A is on the wire (staged through this rank's own
-  // send buffer, which phase B does not use for itself).
+  // Local pieces, while the above is on the wire (staged through one more
+  // buffer of this rank's own).
   const std::vector<Chunk> local_chunks = make_chunks(local, cap, kDirectCap);
   int64_t local_max = 0;
   for (const Chunk& c : local_chunks)
     if (!(in_place && contiguous(c.dst))) local_max = std::max(local_max, c.elements);
-  if (local_max > 0) {
-    send_stage[me] = at::empty({local_max}, opts);
-    staged_elements += local_max;
-  }
+  at::Tensor local_stage = at::empty({local_max}, opts);
+  staged_elements += local_max;
   for (const Chunk& c : local_chunks) {
     if (in_place && contiguous(c.dst)) {  // pack straight into the destination
       at::Tensor target = dst.narrow(0, c.dst[0].offset, c.elements);
       pack(*src_flat, c, target);
     } else {
-      unpack(dst, pack(*src_flat, c, send_stage[me]), c, eta);
+      unpack(dst, pack(*src_flat, c, local_stage), c, eta);
     }
   }
 
-  size_t rounds = 0;
-  for (int64_t p = 0; p < size; ++p) rounds = std::max({rounds, send_chunks[p].size(), recv_chunks[p].size()});
   for (size_t r = 0; r < rounds; ++r) {
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    std::vector<std::vector<at::Tensor>> bufs;
-    bufs.reserve(2 * size);
-    std::vector<std::pair<int64_t, size_t>> to_unpack;  // (peer, index into bufs)
-    for (int64_t p = 0; p < size; ++p) {
-      if (r >= recv_chunks[p].size()) continue;
-      const Chunk& c = recv_chunks[p][r];
-      const bool into_place = in_place && contiguous(c.dst);
-      bufs.push_back({into_place ? dst.narrow(0, c.dst[0].offset, c.elements)
-                                 : recv_stage[p].narrow(0, 0, c.elements)});
-      works.push_back(group->recv(bufs.back(), static_cast<int>(p), kStagedTag));
-      if (!into_place) to_unpack.push_back({p, bufs.size() - 1});
-    }
-    for (int64_t p = 0; p < size; ++p) {
-      if (r >= send_chunks[p].size()) continue;
-      const Chunk& c = send_chunks[p][r];
-      bufs.push_back({contiguous(c.src) ? src_flat->narrow(0, c.src[0].offset, c.elements)
-                                        : pack(*src_flat, c, send_stage[p])});
-      works.push_back(group->send(bufs.back(), static_cast<int>(p), kStagedTag));
-    }
-    for (auto& w : works) w->wait();
-    for (auto [p, i] : to_unpack) unpack(dst, bufs[i][0], recv_chunks[p][r], eta);
+    finish(in_flight.front(), r);
+    in_flight.pop_front();
+    if (posted < rounds) in_flight.push_back(post(posted++));
   }
   for (auto& work : direct_work) work->wait();
   return staged_elements * any.element_size();

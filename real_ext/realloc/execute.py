@@ -35,7 +35,8 @@ def execute(plan: Plan, src_buffer: torch.Tensor | None, dst_buffer: torch.Tenso
             layout.check_buffer(buffer, rank, name)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    buffers = 2 * max(size - 1, 1) + 1  # a send and a receive buffer per peer, one for local pieces
+    # Two send and two receive buffers per peer (two staged rounds in flight), one for local pieces.
+    buffers = 4 * max(size - 1, 1) + 1
     if max_buffer_bytes < buffers * plan.element_size:
         raise ValueError(f"max_buffer_bytes={max_buffer_bytes} is too small to stage anything; give at least "
                          f"{buffers * plan.element_size}")
