@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, machine, markdown_table, median_time  # noqa: E402
+from common import emit, machine, markdown_table, median_times  # noqa: E402
 
 from real_ext import ops, ref  # noqa: E402
 
@@ -55,7 +55,7 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--tokens", default="1024,4", help="token counts of the element-wise cases")
-    p.add_argument("--linear-rows", default="1,4,16,32")
+    p.add_argument("--linear-rows", default="1,4,16,24,32")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -67,10 +67,10 @@ def main():
         for tokens in (int(t) for t in args.tokens.split(",")):
             for op, ours, anchor, inputs in layer_cases(tokens, hidden, heads, head_dim, inter, dtype, device):
                 with torch.no_grad():
-                    t_ours = median_time(lambda: ours(*inputs), device, 5, args.repeats)
-                    t_ref = median_time(lambda: anchor(*inputs), device, 5, args.repeats)
-                b_ours = median_time(fwd_bwd(ours, inputs), device, 3, args.repeats)
-                b_ref = median_time(fwd_bwd(anchor, inputs), device, 3, args.repeats)
+                    t_ours, t_ref = median_times([lambda: ours(*inputs), lambda: anchor(*inputs)], device, 5,
+                                                 args.repeats)
+                b_ours, b_ref = median_times([fwd_bwd(ours, inputs), fwd_bwd(anchor, inputs)], device, 3,
+                                             args.repeats)
                 rows.append([op, name, tokens, t_ours * 1e6, t_ref * 1e6, t_ref / t_ours, b_ours * 1e6,
                              b_ref * 1e6, b_ref / b_ours])
                 print(rows[-1], flush=True)
@@ -80,15 +80,16 @@ def main():
             for m in (int(r) for r in args.linear_rows.split(",")):
                 x = torch.randn(m, k, generator=g).to(device, dtype)
                 with torch.no_grad():
-                    t_ours = median_time(lambda: ops.linear(x, weight), device, 5, args.repeats)
-                    t_ref = median_time(lambda: F.linear(x, weight), device, 5, args.repeats)
+                    t_ours, t_ref = median_times([lambda: ops.linear(x, weight), lambda: F.linear(x, weight)],
+                                                 device, 5, args.repeats)
                 rows.append([f"linear {n}x{k}", name, m, t_ours * 1e6, t_ref * 1e6, t_ref / t_ours, "", "", ""])
                 print(rows[-1], flush=True)
     table = markdown_table(["op", "dtype", "tokens (rows)", "ours us", "torch us", "x vs torch",
                             "ours fwd+bwd us", "torch fwd+bwd us", "x vs torch fwd+bwd"], rows)
     text = (table + f"\n\nMachine: {machine(device)}. Element-wise ops: a layer of hidden {hidden}, {heads} heads "
             f"of {head_dim}, intermediate {inter}; torch: real_ext.ref (HF's compositions). linear: "
-            f"real_ext.ops.linear (no autograd) against F.linear, weight (out x in); median of {args.repeats}.\n")
+            f"real_ext.ops.linear (no autograd) against F.linear, weight (out x in); median of {args.repeats}, ours and "
+            f"torch taking turns.\n")
     emit(text, args.out)
 
 

@@ -14,23 +14,31 @@ def sync(device: str) -> None:
 
 def median_time(fn, device: str, warmup: int = 2, repeats: int = 5) -> float:
     """Median seconds of fn() over `repeats` runs after `warmup` runs."""
+    return median_times([fn], device, warmup, repeats)[0]
+
+
+def median_times(fns, device: str, warmup: int = 2, repeats: int = 5) -> list[float]:
+    """Median seconds of each function, the functions taking turns run by run,
+    so that drift in the machine's load reaches them alike (compare these)."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync(device)
-    times = []
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            if device.startswith("cuda"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                ts.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def matmul_ceiling(device: str, dtype: torch.dtype) -> float:

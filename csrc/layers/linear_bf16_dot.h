@@ -1,7 +1,7 @@
 // bfloat16 y = x W^T + b on CPUs with AVX512-BF16: vdpbf16ps multiplies 32
 // bfloat16 pairs and adds them into 16 float32 lanes, twice the products per
 // instruction of widening to float32 (linear_cpu.cpp's portable kernel) and
-// without the widening. Serves a decode step's rows (M up to ~32) where
+// without the widening. Serves a decode step's rows (M up to 24) where
 // oneDNN's bfloat16 products cost 20-90 us on a small model, mostly per call.
 #pragma once
 

@@ -20,8 +20,10 @@ namespace {
 
 // The kernels' largest M (at::linear above): past it oneDNN's bfloat16 products
 // win on large K; MKL's float32 ones only past 8; with AVX512-BF16 dot products
-// (linear_bf16_dot.h) bfloat16 runs here up to kMaxRowsBf16Dot rows.
-constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 32;
+// (linear_bf16_dot.h) bfloat16 runs here up to kMaxRowsBf16Dot rows (timed
+// against oneDNN in turns, a small model's shapes: 1.0-2.2x up to 16 rows,
+// about even at 20-32).
+constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24;
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 
 // Outputs [n0, n1) of the M rows: xf (M, K) float32, W rows of stride ldw,

@@ -175,8 +175,10 @@ def test_opcheck(device):
 # without a tail past the 16-lane steps; N odd so the last weight row is unpaired.
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 33])
-@pytest.mark.parametrize("k,n,bias", [(256, 67, False), (40, 33, True), (7, 5, True)], ids=str)
+# Rows around the kernels' block (8) and limits (4/8 portable, 24 AVX512-BF16);
+# k = 1100: panels of 8 rows and a masked K tail in the AVX512-BF16 kernel.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33])
+@pytest.mark.parametrize("k,n,bias", [(256, 67, False), (40, 33, True), (7, 5, True), (1100, 19, True)], ids=str)
 def test_linear_matches_float64(rows, k, n, bias, dtype, device):
     x = _rand((rows, k), dtype, device, 21)
     fused = _rand((n + 3, k), dtype, device, 22)
