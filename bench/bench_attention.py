@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, machine, markdown_table, matmul_ceiling, median_time  # noqa: E402
+from common import emit, machine, markdown_table, matmul_ceiling, median_times  # noqa: E402
 
 import real_ext  # noqa: E402
 
@@ -145,11 +145,10 @@ def main():
                 ours = run_pass(lambda a, b, c: real_ext.ops.varlen_attention(a, b, c, cu, cu, max(lengths),
                                                                                max(lengths)),
                                 (q, k, v), dout, backward)
-                t_ours = median_time(ours, device, warmup, repeats)
                 flops = fwd_flops * (3.5 if backward else 1.0)  # bwd: 5 matmuls to the forward's 2
-                timed = {}
-                for name, fn in anchors(lengths, q, k, v, dout, cu, device, backward, not args.no_flex).items():
-                    timed[name] = median_time(fn, device, warmup, repeats)
+                others = anchors(lengths, q, k, v, dout, cu, device, backward, not args.no_flex)
+                t_ours, *t_others = median_times([ours, *others.values()], device, warmup, repeats)
+                timed = dict(zip(others, t_others))
                 all_names = ["padded SDPA", "flex (compiled)", "SDPA loop"] + (
                     ["varlen_attn (FA2)"] if device == "cuda" else [])
                 names = all_names
@@ -169,7 +168,7 @@ def main():
     table = markdown_table(header, rows)
     notes = [f"Machine: {machine(device)}.",
              f"Batch: {args.batch} sequences, lengths uniform in {args.min_len}..{args.max_len} "
-             f"(total {sum(lengths)} tokens), {args.heads} heads, causal; median of {repeats} runs.",
+             f"(total {sum(lengths)} tokens), {args.heads} heads, causal; median of {repeats} runs, ours and the anchors taking turns.",
              "mm ceiling: " + ", ".join(f"{str(d).replace('torch.', '')} {c / 1e9:.0f} GFLOP/s"
                                         for d, c in ceilings.items()) + "."]
     if agreement:

@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, machine, markdown_table, median_time  # noqa: E402
+from common import emit, machine, markdown_table, median_time, median_times  # noqa: E402
 
 import real_ext  # noqa: E402
 from real_ext import ref  # noqa: E402
@@ -56,10 +56,9 @@ def main():
             s = int(cu[i])
             rewards_p[i, :n] = rewards[s:s + n]
             values_p[i, :n] = values[s + i:s + i + n]
-        t_ours = median_time(lambda: real_ext.ops.gae(rewards, values, cu, bootstrap, gamma, lam), device,
-                             repeats=args.repeats)
-        t_pad = median_time(lambda: padded_time_loop(rewards_p, values_p, mask, gamma, lam), device,
-                            repeats=args.repeats)
+        t_ours, t_pad = median_times([lambda: real_ext.ops.gae(rewards, values, cu, bootstrap, gamma, lam),
+                                      lambda: padded_time_loop(rewards_p, values_p, mask, gamma, lam)],
+                                     device, repeats=args.repeats)
         # The pure-Python reference is only timed where it finishes in seconds.
         t_ref = (median_time(lambda: ref.gae(rewards, values, cu, bootstrap, gamma, lam), device, 1, 3)
                  if T <= 200_000 else None)

@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth, emit, machine, markdown_table, median_time  # noqa: E402
+from common import copy_bandwidth, emit, machine, markdown_table, median_times  # noqa: E402
 
 import real_ext  # noqa: E402,F401
 
@@ -58,15 +58,12 @@ def main():
     for name, boxes, packed in cases(total):
         buf = real_ext.ops.pack(flat, boxes)
         src, dst = torch.empty_like(buf), torch.empty_like(buf)
-        t_copy = median_time(lambda: dst.copy_(src), args.device, 3, repeats)
-        t_pack = median_time(lambda: real_ext.ops.pack(flat, boxes, out=dst), args.device, 3, repeats)
         target = flat.clone()
-        t_unpack = median_time(lambda: real_ext.ops.unpack_(target, buf, boxes), args.device, 3, repeats)
-        t_copy_q = median_time(lambda: queued(lambda: dst.copy_(src)), args.device, 1, repeats) / QUEUED
-        t_pack_q = median_time(lambda: queued(lambda: real_ext.ops.pack(flat, boxes, out=dst)), args.device, 1,
-                               repeats) / QUEUED
-        t_unpack_q = median_time(lambda: queued(lambda: real_ext.ops.unpack_(target, buf, boxes)), args.device, 1,
-                                 repeats) / QUEUED
+        calls = [lambda: dst.copy_(src), lambda: real_ext.ops.pack(flat, boxes, out=dst),
+                 lambda: real_ext.ops.unpack_(target, buf, boxes)]
+        t_copy, t_pack, t_unpack = median_times(calls, args.device, 3, repeats)
+        t_copy_q, t_pack_q, t_unpack_q = (t / QUEUED for t in median_times(
+            [lambda fn=fn: queued(fn) for fn in calls], args.device, 1, repeats))
         nbytes = packed * flat.element_size()
         rows.append([name, len(boxes), nbytes / 2 ** 20, t_copy * 1e3, t_pack * 1e3, t_unpack * 1e3,
                      t_copy / t_pack, t_copy / t_unpack, t_copy_q / t_pack_q, t_copy_q / t_unpack_q,
