@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "common/cpu_math.h"
 #include "common/cpu_vec16.h"
@@ -48,7 +49,7 @@ REAL_EXT_BF16_DOT REAL_EXT_INLINE void pair_rows(const uint16_t* x, int64_t ldx,
   float sums[2 * MB];
   if constexpr (MB >= 4) {  // the 2 MB horizontal sums together: far fewer shuffles than one tree each
     vec16 part[16] = {};
-    for (int i = 0; i < 2 * MB; ++i) part[i] = reinterpret_cast<const vec16&>(acc[i]);
+    for (int i = 0; i < 2 * MB; ++i) std::memcpy(&part[i], &acc[i], sizeof(vec16));
     const vec16 r = sum16x16(part);
     for (int i = 0; i < 2 * MB; ++i) sums[i] = r[i];
   } else {

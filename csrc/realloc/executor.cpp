@@ -292,7 +292,6 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
   for (; posted < slots; ++posted) in_flight.push_back(post(posted));
   std::vector<c10::intrusive_ptr<c10d::Work>> direct_work;
   std::vector<std::vector<at::Tensor>> direct_bufs;
-  direct_bufs.reserve(size * 8);
   for (int64_t p = 0; p < size; ++p) {
     for (const Chunk& c : recv_direct[p]) {
       std::vector<at::Tensor> buf{dst.narrow(0, c.dst[0].offset, c.elements)};
