@@ -97,6 +97,28 @@ def test_samples_sharing_a_prompts_cache_match_training_forward(models):
         assert (logp[start:start + len(gen)] - torch.tensor(gen)).abs().max() <= 1e-5, i
 
 
+def test_fused_projections_follow_the_parameters(models):
+    # Without autograd q/k/v (and gate/up) run as one product over a fused view of
+    # the flat buffer that each layer keeps; moving the parameters must drop it.
+    _, ours = models
+    ids, cu = torch.tensor(PROMPTS[2]), cu_seqlens_of([len(PROMPTS[2])])
+    with torch.no_grad():
+        before = ours.forward_packed(ids, cu)
+    flat = ours.release_storage()
+    assert not any("_fused" in m.__dict__ for m in ours.modules())  # nothing keeps the old buffer alive
+    try:
+        for scale in (1.5, 2.0):  # the second buffer replaces the first directly (no release between)
+            ours.adopt_storage(flat.clone().mul_(scale))  # another address, other values
+            with torch.no_grad():
+                fused = ours.forward_packed(ids, cu)
+            per_projection = ours.forward_packed(ids, cu).detach()  # autograd on: one product per projection
+            torch.testing.assert_close(fused, per_projection)
+            assert not torch.allclose(fused, before)  # the new values were used
+            before = fused
+    finally:
+        ours.adopt_storage(flat)
+
+
 def test_finished_sequences_leave_the_batch(models, monkeypatch):
     _, ours = models
     from real_ext.generation import engine

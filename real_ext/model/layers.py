@@ -125,16 +125,33 @@ def fused_view(*params: torch.Tensor) -> torch.Tensor | None:
                             first.storage_offset())
 
 
-def grouped_linear(x: torch.Tensor, linears) -> list[torch.Tensor]:
+def grouped_linear(x: torch.Tensor, owner: nn.Module, linears) -> list[torch.Tensor]:
     """Each linear applied to x; without autograd, one matrix product over the
-    weights' shared flat storage when they are stored back to back."""
-    if not torch.is_grad_enabled():
-        weight = fused_view(*(m.weight for m in linears))
-        biases = [m.bias for m in linears]
+    weights' shared flat storage when they are stored back to back. The fused
+    view is kept on ``owner`` while the weights stay where they are (a decode
+    step would otherwise rebuild it, several us, for every layer); the model
+    drops it when it moves its parameters (forget_fused)."""
+    if torch.is_grad_enabled():
+        return [m(x) for m in linears]
+    weights, biases = [m.weight for m in linears], [m.bias for m in linears]
+    key = tuple(w.data_ptr() for w in weights) + tuple(0 if b is None else b.data_ptr() for b in biases)
+    cached = owner.__dict__.get("_fused")
+    if cached is None or cached[0] != key:
+        weight = fused_view(*weights)
         bias = None if biases[0] is None else fused_view(*biases)
-        if weight is not None and (biases[0] is None or bias is not None):
-            return list(linear(x, weight, bias).split([m.weight.shape[0] for m in linears], dim=-1))
-    return [m(x) for m in linears]
+        usable = weight is not None and (biases[0] is None or bias is not None)
+        cached = (key, weight, bias, [w.shape[0] for w in weights]) if usable else (key, None, None, None)
+        owner.__dict__["_fused"] = cached
+    _, weight, bias, sizes = cached
+    if weight is None:
+        return [m(x) for m in linears]
+    return list(linear(x, weight, bias).split(sizes, dim=-1))
+
+
+def forget_fused(model: nn.Module) -> None:
+    """Drop the fused views grouped_linear keeps (they hold the storage they view)."""
+    for m in model.modules():
+        m.__dict__.pop("_fused", None)
 
 
 class Attention(nn.Module):
@@ -150,7 +167,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, info: PackedInfo, tp_group) -> torch.Tensor:
         x = copy_to_tp(x, tp_group)
         t = x.shape[0]
-        q, k, v = grouped_linear(x, (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = grouped_linear(x, self, (self.q_proj, self.k_proj, self.v_proj))
         q = q.reshape(t, self.heads, self.head_dim)
         k = k.reshape(t, self.kv_heads, self.head_dim)
         v = v.reshape(t, self.kv_heads, self.head_dim)
@@ -196,7 +213,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, tp_group) -> torch.Tensor:
         x = copy_to_tp(x, tp_group)
         if self.gate_proj is not None:
-            gate, up = grouped_linear(x, (self.gate_proj, self.up_proj))
+            gate, up = grouped_linear(x, self, (self.gate_proj, self.up_proj))
             h = ops.silu_mul(gate, up) if self.act is F.silu else self.act(gate) * up
         else:
             h = self.act(self.up_proj(x))

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from real_ext.model.config import ModelConfig
-from real_ext.model.layers import Block, Linear, Norm, PackedInfo, linear, rope_cos_sin, rope_inv_freq
+from real_ext.model.layers import Block, Linear, Norm, PackedInfo, forget_fused, linear, rope_cos_sin, rope_inv_freq
 from real_ext.model.shared_prefix import SharedPrefix, plan_shared_prefix
 from real_ext.model.logprob import CHUNK_ELEMENTS, fused_logprobs, next_token_targets
 from real_ext.model.params import HEADS
@@ -107,6 +107,7 @@ class ReaLModel(nn.Module):
         self._point_params()
 
     def _point_params(self):
+        forget_fused(self)
         params = dict(self.named_parameters())
         for s in self.shards:
             params[s.spec.name].data = self.flat[s.offset:s.offset + s.numel].view(s.local_shape)
@@ -115,6 +116,7 @@ class ReaLModel(nn.Module):
         """Detach the flat buffer (to offload it); parameters are empty until adopt_storage."""
         flat = self.flat
         self.flat = torch.empty(0, dtype=flat.dtype, device=flat.device)
+        forget_fused(self)
         for p in self.parameters():
             p.data = self.flat
         return flat
