@@ -34,6 +34,22 @@ def test_logits_match_hf(family, tmp_path):
     assert _rel(logits, hf_logits_per_sequence(hf, ids, cu)) < 1e-4
 
 
+def test_rope_table_rows_equal_computed_angles(tmp_path, monkeypatch):
+    # Rope models keep cos/sin of their positions in a table; past its size they
+    # compute them per forward: both give the same logits, bit for bit.
+    save_random_hf("llama", tmp_path / "hf")
+    ours = ReaLModel.from_pretrained(str(tmp_path / "hf"))
+    ids, cu = _batch()
+    with torch.no_grad():
+        from_table = ours(ids, cu)
+        assert ours._rope_table is not None
+        monkeypatch.setattr("real_ext.model.model.ROPE_TABLE_POSITIONS", 8)  # LENGTHS reach 40
+        other = ReaLModel.from_pretrained(str(tmp_path / "hf"))
+        computed = other(ids, cu)
+        assert other._rope_table is None
+    assert torch.equal(from_table, computed)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_then_hf_load(family, tmp_path):
     hf = save_random_hf(family, tmp_path / "hf")

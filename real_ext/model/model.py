@@ -27,6 +27,8 @@ from real_ext.parallel.comm import copy_to_tp, gather_from_tp, reduce_from_tp
 from real_ext.parallel.context import ParallelContext
 from real_ext.parallel.layout import ParallelLayout
 
+ROPE_TABLE_POSITIONS = 8192  # positions whose rope cos/sin a model keeps (beyond: computed per forward)
+
 
 class _Embedding(nn.Module):
     def __init__(self, config: ModelConfig, local_vocab: int):
@@ -64,6 +66,9 @@ class ReaLModel(nn.Module):
         self._bind_flat_storage(dtype, torch.device(device))
         # Computed on the host (same values everywhere), kept on the device: no copy per forward.
         self._inv_freq = rope_inv_freq(config).to(device) if config.position == "rope" else None
+        # cos/sin of positions 0..n-1, made on first use (a decode step would
+        # otherwise compute its few rows at ~50 us): (n, cos, sin) or None.
+        self._rope_table = None
 
     # ------------------------------------------------------------ structure
 
@@ -158,7 +163,7 @@ class ReaLModel(nn.Module):
         if self.config.sliding_window is not None and longest > self.config.sliding_window:
             raise ValueError(f"a sequence of {longest} tokens exceeds sliding_window="
                              f"{self.config.sliding_window}; sliding-window attention is not implemented")
-        return self._with_rope(info)
+        return self._with_rope(info, longest)
 
     def decode_info(self, positions: torch.Tensor, cache) -> PackedInfo:
         """PackedInfo of a decode step (one new token per sequence at
@@ -166,10 +171,22 @@ class ReaLModel(nn.Module):
         be captured in a CUDA graph; generate() checks the positions fit (its
         request check: the context; check_window: a sliding window)."""
         cu = torch.arange(positions.shape[0] + 1, dtype=torch.int32, device=positions.device)
-        return self._with_rope(PackedInfo(cu, positions, cache, max_len=1))
+        return self._with_rope(PackedInfo(cu, positions, cache, max_len=1), self.config.max_positions)
 
-    def _with_rope(self, info: PackedInfo) -> PackedInfo:
-        if self._inv_freq is not None:
+    def _with_rope(self, info: PackedInfo, longest: int) -> PackedInfo:
+        """info.rope for its positions, all below `longest`: rows of the table
+        when it covers them (the same values: rope_cos_sin row by row), else
+        computed for these positions."""
+        if self._inv_freq is None:
+            return info
+        if longest <= ROPE_TABLE_POSITIONS:
+            n = max(longest, self.config.max_positions if self.config.max_positions <= ROPE_TABLE_POSITIONS else 0)
+            if self._rope_table is None or self._rope_table[0] < n or self._rope_table[1].dtype != self.flat.dtype:
+                positions = torch.arange(n, device=self._inv_freq.device)
+                self._rope_table = (n, *rope_cos_sin(self._inv_freq, positions, self.flat.dtype))
+            _, cos, sin = self._rope_table
+            info.rope = (cos.index_select(0, info.positions), sin.index_select(0, info.positions))
+        else:
             info.rope = rope_cos_sin(self._inv_freq, info.positions, self.flat.dtype)
         return info
 
