@@ -33,9 +33,6 @@ struct DecodeView {
   int64_t heads_q, heads_kv, head_dim, max_blocks, block_size;
 };
 
-REAL_EXT_INLINE float load_f(const float* p, int64_t i) { return p[i]; }
-REAL_EXT_INLINE float load_f(const uint16_t* p, int64_t i) { return bf16_bits_to_float(p[i]); }
-
 // A token's rows sit anywhere in the pool (blocks are scattered), which the
 // hardware prefetchers do not follow, so the passes prefetch (into L2) the
 // rows kAhead tokens ahead, in shares spread over the kv heads' work, since a
@@ -96,7 +93,7 @@ REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, i
         for (int r = 0; r < M; ++r) acc[r] += load16(q + r * D + d) * kd;
       }
       for (int64_t d = D16; d < D; ++d) {
-        const float kd = load_f(k[t], d);
+        const float kd = load(k[t], d);
         for (int r = 0; r < M; ++r) acc[r][d - D16] += q[r * D + d] * kd;
       }
     }
@@ -127,7 +124,7 @@ REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* 
   }
   for (int64_t d = D16; d < D; ++d)
     for (int r = 0; r < M; ++r)
-      for (int u = 0; u < U; ++u) out[r * D + d] += w[r][u] * load_f(v[u], d);
+      for (int u = 0; u < U; ++u) out[r * D + d] += w[r][u] * load(v[u], d);
 }
 
 // All G q rows of one kv head, four at a time (then 1..3). q, scores: the

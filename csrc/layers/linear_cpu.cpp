@@ -123,11 +123,11 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
                            : dt == at::kBFloat16 ? kMaxRowsBFloat16
                                                  : 0;
   if (M > max_rows || M == 0 || K == 0) return at::linear(x, weight, bias);
-  const at::Tensor w = weight.stride(1) == 1 ? weight : weight.contiguous();
+  const at::Tensor w = rows_view(weight);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
   if (bf16_dot) {
-    const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
+    const at::Tensor xr = rows_view(x);
     at::Tensor y = at::empty({M, N}, x.options());
     const auto* bp = b.defined() ? static_cast<const uint16_t*>(b.data_ptr()) : nullptr;
     at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {

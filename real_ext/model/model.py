@@ -66,8 +66,8 @@ class ReaLModel(nn.Module):
         self._bind_flat_storage(dtype, torch.device(device))
         # Computed on the host (same values everywhere), kept on the device: no copy per forward.
         self._inv_freq = rope_inv_freq(config).to(device) if config.position == "rope" else None
-        # cos/sin of positions 0..n-1, made on first use (a decode step would
-        # otherwise compute its few rows at ~50 us): (n, cos, sin) or None.
+        # (cos, sin) of positions 0..n-1, made on first use (a decode step
+        # would otherwise compute its few rows at ~50 us), or None.
         self._rope_table = None
 
     # ------------------------------------------------------------ structure
@@ -181,10 +181,10 @@ class ReaLModel(nn.Module):
             return info
         if longest <= ROPE_TABLE_POSITIONS:
             n = max(longest, self.config.max_positions if self.config.max_positions <= ROPE_TABLE_POSITIONS else 0)
-            if self._rope_table is None or self._rope_table[0] < n or self._rope_table[1].dtype != self.flat.dtype:
-                positions = torch.arange(n, device=self._inv_freq.device)
-                self._rope_table = (n, *rope_cos_sin(self._inv_freq, positions, self.flat.dtype))
-            _, cos, sin = self._rope_table
+            if self._rope_table is None or len(self._rope_table[0]) < n or self._rope_table[0].dtype != self.flat.dtype:
+                self._rope_table = rope_cos_sin(self._inv_freq, torch.arange(n, device=self._inv_freq.device),
+                                                self.flat.dtype)
+            cos, sin = self._rope_table
             info.rope = (cos.index_select(0, info.positions), sin.index_select(0, info.positions))
         else:
             info.rope = rope_cos_sin(self._inv_freq, info.positions, self.flat.dtype)
