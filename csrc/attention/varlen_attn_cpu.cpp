@@ -1,5 +1,5 @@
 // Packed (varlen) attention on the CPU: the flash-attention algorithm with
-// BLAS on tiles. Forward: one work item per (sequence, head, query tile),
+// BLAS on tiles (batches of only short sequences go to varlen_attn_short_cpu). Forward: one work item per (sequence, head, query tile),
 // online softmax over key tiles. Backward (FA2 order): one work item per
 // (sequence, head), key tiles outer, query tiles inner, so dq/dk/dv of an item
 // are written by one thread only. Memory is O(tokens * heads * head_dim) plus
@@ -16,7 +16,9 @@
 #include <limits>
 #include <vector>
 
+#include "attention/attn_cpu_rows.h"
 #include "attention/varlen_attn_checks.h"
+#include "attention/varlen_attn_short_cpu.h"
 #include "common/cpu_math.h"
 
 namespace real_ext {
@@ -28,80 +30,6 @@ constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 256;
 constexpr int64_t kBwdBlockQ = 64;
 constexpr int64_t kBwdBlockK = 128;
-
-template <typename T>
-constexpr T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
-
-// Where one sequence's queries and keys sit and how causality shifts them.
-struct SeqView {
-  int64_t q0, lq, k0, lk;
-  // Number of keys query i (0-based in its sequence) may see: bottom-right aligned.
-  int64_t visible(int64_t i, bool causal) const {
-    return causal ? std::clamp<int64_t>(i + (lk - lq) + 1, 0, lk) : lk;
-  }
-};
-
-// ------------------------------------------------ row-wise tile arithmetic
-// Templates do the work; the float instances are compiled per ISA (clones).
-
-// Online-softmax update of a score tile (rows x n, row stride ld). Row r has
-// cnt[r] real keys; the rest of the row becomes 0. Updates the running max m
-// and sum l, writes P in place and the rescale factor exp(m_old - m_new).
-template <typename T>
-REAL_EXT_INLINE void softmax_tile_update_t(T* s, int64_t rows, int64_t n, int64_t ld, const int64_t* cnt, T* m, T* l,
-                                  T* alpha) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = s + r * ld;
-    const int64_t c = cnt[r];
-    if (c <= 0) {
-      std::fill(row, row + n, T(0));
-      alpha[r] = T(1);
-      continue;
-    }
-    // 16 independent lanes so the reductions vectorize without -ffast-math.
-    T lanes[16];
-    std::fill(lanes, lanes + 16, neg_inf<T>());
-    int64_t j = 0;
-    for (; j + 16 <= c; j += 16)
-      for (int t = 0; t < 16; ++t) lanes[t] = row[j + t] > lanes[t] ? row[j + t] : lanes[t];
-    T mx = m[r];
-    for (int t = 0; t < 16; ++t) mx = lanes[t] > mx ? lanes[t] : mx;
-    for (; j < c; ++j) mx = row[j] > mx ? row[j] : mx;
-    T sums[16] = {0};
-    j = 0;
-    for (; j + 16 <= c; j += 16)
-      for (int t = 0; t < 16; ++t) {
-        const T p = exp_t(row[j + t] - mx);
-        row[j + t] = p;
-        sums[t] += p;
-      }
-    T sum = 0;
-    for (int t = 0; t < 16; ++t) sum += sums[t];
-    for (; j < c; ++j) {
-      row[j] = exp_t(row[j] - mx);
-      sum += row[j];
-    }
-    std::fill(row + c, row + n, T(0));
-    const T a = m[r] == neg_inf<T>() ? T(0) : exp_t(m[r] - mx);
-    alpha[r] = a;
-    l[r] = l[r] * a + sum;
-    m[r] = mx;
-  }
-}
-
-// P = exp(S - lse) on the visible part of each row, 0 elsewhere (backward).
-template <typename T>
-REAL_EXT_INLINE void probs_from_lse_t(T* s, int64_t rows, int64_t n, int64_t ld, const int64_t* cnt, const float* lse) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = s + r * ld;
-    const int64_t c = lse[r] == neg_inf<float>() ? 0 : std::max<int64_t>(cnt[r], 0);
-    const T sub = lse[r];
-    for (int64_t j = 0; j < c; ++j) row[j] = exp_t(row[j] - sub);
-    std::fill(row + c, row + n, T(0));
-  }
-}
 
 // dS = P * (dP - delta_row), in place in dp.
 template <typename T>
@@ -153,24 +81,6 @@ void scale_rows(double* x, int64_t rows, int64_t cols, int64_t ld, const double*
 }
 
 // ------------------------------------------------ scheduling
-
-// Runs work items 0..n-1 in the order given, each thread taking the next free
-// one; callers sort items by decreasing cost (longest-first greedy balancing).
-template <typename Fn>
-void run_items_dynamic(int64_t n, const Fn& fn) {
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(n, 1));
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next++; i < n; i = next++) fn(i);
-  });
-}
-
-std::vector<SeqView> seq_views(const VarlenAttnShape& s) {
-  std::vector<SeqView> v(s.batch);
-  for (int64_t b = 0; b < s.batch; ++b)
-    v[b] = {s.cu_q[b], s.cu_q[b + 1] - s.cu_q[b], s.cu_k[b], s.cu_k[b + 1] - s.cu_k[b]};
-  return v;
-}
 
 // Math dtype: float64 stays float64, everything else computes in float32.
 at::ScalarType math_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -245,6 +155,7 @@ std::tuple<at::Tensor, at::Tensor> varlen_attn_fwd_cpu(const at::Tensor& q, cons
                                                        int64_t max_seqlen_k, double scale, bool causal) {
   const VarlenAttnShape s =
       check_varlen_attn_args("varlen_attn_fwd", q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  if (varlen_attn_short_applies(s, q)) return varlen_attn_short_fwd(s, q, k, v, scale, causal);
   const at::ScalarType mt = math_dtype(q.scalar_type());
   const at::Tensor qm = q.to(mt).contiguous(), km = k.to(mt).contiguous(), vm = v.to(mt).contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options().dtype(mt));
@@ -328,6 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attn_bwd_cpu(
   const VarlenAttnShape s =
       check_varlen_attn_args("varlen_attn_bwd", q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   check_varlen_attn_bwd_args("varlen_attn_bwd", s, dout, q, out, lse);
+  if (varlen_attn_short_applies(s, q)) return varlen_attn_short_bwd(s, dout, q, k, v, lse, scale, causal);
   const at::ScalarType mt = math_dtype(q.scalar_type());
   const at::Tensor qm = q.to(mt).contiguous(), km = k.to(mt).contiguous(), vm = v.to(mt).contiguous(),
                    dom = dout.to(mt).contiguous(), lsef = lse.contiguous();

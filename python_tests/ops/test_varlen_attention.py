@@ -7,6 +7,9 @@ from real_ext import ops, ref
 from python_tests.conftest import DEVICES, cu_seqlens
 
 # (name, query lengths, key lengths (None: same), heads_q, heads_kv, head_dim, causal)
+# On the CPU, calls whose sequences are all at most 256 tokens and whose
+# head_dim is a multiple of 16 run the short-sequence kernel, others the tiled
+# one; the cases cover both and the boundary.
 CASES = [
     ("one_token", [1], None, 1, 1, 32, True),
     ("odd_lengths", [7, 1, 33, 2, 65], None, 4, 4, 64, True),
@@ -18,6 +21,10 @@ CASES = [
     ("empty_sequences", [0, 12, 0, 1], None, 2, 2, 32, True),
     ("hdim256_gqa8", [300, 17], None, 16, 2, 256, True),
     ("noncausal_q_shorter", [4, 1], [50, 7], 4, 2, 64, False),
+    ("short_limit_gqa2_hd96", [256, 255, 17, 1], None, 4, 2, 96, True),
+    ("short_noncausal_hd128", [3, 40, 256], [256, 5, 64], 2, 1, 128, False),
+    ("short_q_shorter_hd16", [5, 1, 30, 0], [9, 64, 200, 3], 4, 4, 16, True),
+    ("past_short_limit", [257, 3], None, 2, 2, 32, True),
 ]
 DTYPES = {"cpu": [torch.float32, torch.bfloat16], "cuda": [torch.float32, torch.bfloat16, torch.float16]}
 
@@ -76,6 +83,25 @@ def test_rows_without_visible_keys_are_zero(device):
     out = ops.varlen_attention(q, k, v, cu_seqlens([6], device), cu_seqlens([2], device), 6, 2)
     assert torch.equal(out[:4], torch.zeros_like(out[:4]))
     assert torch.isfinite(out).all() and out[4:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("lengths", [[7, 30, 1], [300, 5]], ids=["short_kernel", "tiled_kernel"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_views_of_a_fused_projection_equal_contiguous_inputs(lengths, dtype):
+    # The model splits one q/k/v projection into views whose token rows are
+    # (heads_q + 2 heads_kv) * head_dim apart; the kernels read them in place.
+    hq, hkv, d, t = 4, 2, 32, sum(lengths)
+    g = torch.Generator().manual_seed(5)
+    fused = torch.randn(t, (hq + 2 * hkv) * d, generator=g).to(dtype)
+    q, k, v = (x.view(t, -1, d) for x in fused.split([hq * d, hkv * d, hkv * d], dim=1))
+    assert not q.is_contiguous()
+    dout = torch.randn(t, hq, d, generator=g).to(dtype)
+    args = (cu_seqlens(lengths), cu_seqlens(lengths), max(lengths), max(lengths))
+    out, grads = _run(ops.varlen_attention, q, k, v, dout, args, True)
+    out_c, grads_c = _run(ops.varlen_attention, q.contiguous(), k.contiguous(), v.contiguous(), dout, args, True)
+    assert torch.equal(out, out_c)
+    for a, b in zip(grads, grads_c):
+        assert torch.equal(a, b)
 
 
 def test_softmax_scale_and_default():
