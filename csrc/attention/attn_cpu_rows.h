@@ -1,6 +1,6 @@
-// Pieces shared by the two CPU packed-attention kernels (the tiled one and the
-// short-sequence one): a sequence's place and causal mask, softmax over score
-// rows, and the work-item scheduler.
+// Pieces shared by the CPU attention kernels (packed: tiled and short-sequence;
+// decode): a sequence's place and causal mask, softmax over score rows, and
+// the work-item scheduler.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "attention/varlen_attn_checks.h"
@@ -32,6 +33,36 @@ struct SeqView {
 // Row-wise tile arithmetic: inlined into the callers, which are compiled per
 // ISA (REAL_EXT_CPU_CLONES).
 
+// row[j] = exp(row[j] - mx) for j < c, mx the larger of `floor` and the
+// row's max; returns (mx, sum of the exps). 16 independent lanes so that the
+// reductions vectorize without -ffast-math.
+template <typename T>
+REAL_EXT_INLINE std::pair<T, T> exp_row_t(T* row, int64_t c, T floor) {
+  T lanes[16];
+  std::fill(lanes, lanes + 16, neg_inf<T>());
+  int64_t j = 0;
+  for (; j + 16 <= c; j += 16)
+    for (int t = 0; t < 16; ++t) lanes[t] = row[j + t] > lanes[t] ? row[j + t] : lanes[t];
+  T mx = floor;
+  for (int t = 0; t < 16; ++t) mx = lanes[t] > mx ? lanes[t] : mx;
+  for (; j < c; ++j) mx = row[j] > mx ? row[j] : mx;
+  T sums[16] = {0};
+  j = 0;
+  for (; j + 16 <= c; j += 16)
+    for (int t = 0; t < 16; ++t) {
+      const T p = exp_t(row[j + t] - mx);
+      row[j + t] = p;
+      sums[t] += p;
+    }
+  T sum = 0;
+  for (int t = 0; t < 16; ++t) sum += sums[t];
+  for (; j < c; ++j) {
+    row[j] = exp_t(row[j] - mx);
+    sum += row[j];
+  }
+  return {mx, sum};
+}
+
 // Online-softmax update of a score tile (rows x n, row stride ld). Row r has
 // cnt[r] real keys; the rest of the row becomes 0. Updates the running max m
 // and sum l, writes P in place and the rescale factor exp(m_old - m_new).
@@ -46,29 +77,7 @@ REAL_EXT_INLINE void softmax_tile_update_t(T* s, int64_t rows, int64_t n, int64_
       alpha[r] = T(1);
       continue;
     }
-    // 16 independent lanes so the reductions vectorize without -ffast-math.
-    T lanes[16];
-    std::fill(lanes, lanes + 16, neg_inf<T>());
-    int64_t j = 0;
-    for (; j + 16 <= c; j += 16)
-      for (int t = 0; t < 16; ++t) lanes[t] = row[j + t] > lanes[t] ? row[j + t] : lanes[t];
-    T mx = m[r];
-    for (int t = 0; t < 16; ++t) mx = lanes[t] > mx ? lanes[t] : mx;
-    for (; j < c; ++j) mx = row[j] > mx ? row[j] : mx;
-    T sums[16] = {0};
-    j = 0;
-    for (; j + 16 <= c; j += 16)
-      for (int t = 0; t < 16; ++t) {
-        const T p = exp_t(row[j + t] - mx);
-        row[j + t] = p;
-        sums[t] += p;
-      }
-    T sum = 0;
-    for (int t = 0; t < 16; ++t) sum += sums[t];
-    for (; j < c; ++j) {
-      row[j] = exp_t(row[j] - mx);
-      sum += row[j];
-    }
+    const auto [mx, sum] = exp_row_t(row, c, m[r]);
     std::fill(row + c, row + n, T(0));
     const T a = m[r] == neg_inf<T>() ? T(0) : exp_t(m[r] - mx);
     alpha[r] = a;

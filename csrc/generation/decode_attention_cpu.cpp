@@ -13,9 +13,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <limits>
 #include <vector>
 
+#include "attention/attn_cpu_rows.h"
 #include "common/cpu_math.h"
 #include "common/cpu_vec16.h"
 #include "generation/generation_checks.h"
@@ -49,31 +49,9 @@ REAL_EXT_INLINE void prefetch_rows(const T* cache, const int64_t* rows, int64_t 
 
 // s[:n] = softmax(s[:n]) in place.
 REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  float lanes[16];
-  std::fill(lanes, lanes + 16, kNegInf);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int t = 0; t < 16; ++t) lanes[t] = s[j + t] > lanes[t] ? s[j + t] : lanes[t];
-  float mx = kNegInf;
-  for (int t = 0; t < 16; ++t) mx = lanes[t] > mx ? lanes[t] : mx;
-  for (; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
-  float sums[16] = {0.f};
-  j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int t = 0; t < 16; ++t) {
-      const float p = fast_expf(s[j + t] - mx);
-      s[j + t] = p;
-      sums[t] += p;
-    }
-  float sum = 0.f;
-  for (int t = 0; t < 16; ++t) sum += sums[t];
-  for (; j < n; ++j) {
-    s[j] = fast_expf(s[j] - mx);
-    sum += s[j];
-  }
+  const auto [mx, sum] = exp_row_t(s, n, neg_inf<float>());
   const float inv = 1.f / sum;
-  for (j = 0; j < n; ++j) s[j] *= inv;
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
 }
 
 // Scores of M q rows (one kv head, M <= 4) against n <= 16 tokens: each K
