@@ -2,7 +2,10 @@
 and SwiGLU (forward, and forward + backward) against the HF-style torch
 compositions in real_ext.ref, and the no-autograd linear of decode steps
 against F.linear, at the shapes of a training step (T = 1024 tokens) and of a
-decode step's tail (a few rows). Ratios are anchor time / our time.
+decode step (a few rows to a batch of sequences): one weight at a time (it
+stays in cache between calls), and a whole decode step's products (every
+layer's weights in turn, as generation reads them: they stream from memory).
+Ratios are anchor time / our time.
 
     python bench/bench_layers.py                          # CPU, bfloat16 and float32
     python bench/bench_layers.py --device cuda --dtypes bfloat16
@@ -55,7 +58,8 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--tokens", default="1024,4", help="token counts of the element-wise cases")
-    p.add_argument("--linear-rows", default="1,4,16,24,32")
+    p.add_argument("--linear-rows", default="1,4,16,24,32,64,128")
+    p.add_argument("--step-layers", type=int, default=8, help="layers of the whole-decode-step linear case")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -84,12 +88,25 @@ def main():
                                                  device, 5, args.repeats)
                 rows.append([f"linear {n}x{k}", name, m, t_ours * 1e6, t_ref * 1e6, t_ref / t_ours, "", "", ""])
                 print(rows[-1], flush=True)
+        # A decode step's products: q/k/v, o, gate/up and down of every layer, each weight once.
+        shapes = [(3 * hidden, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)] * args.step_layers
+        weights = [torch.randn(n, k, generator=g).to(device, dtype) for n, k in shapes]
+        for m in (int(r) for r in args.linear_rows.split(",")):
+            xs = {k: torch.randn(m, k, generator=g).to(device, dtype) for k in (hidden, inter)}
+            with torch.no_grad():
+                t_ours, t_ref = median_times([lambda: [ops.linear(xs[w.shape[1]], w) for w in weights],
+                                              lambda: [F.linear(xs[w.shape[1]], w) for w in weights]],
+                                             device, 2, max(5, args.repeats // 5))
+            rows.append([f"decode step: {len(weights)} products", name, m, t_ours * 1e6, t_ref * 1e6, t_ref / t_ours,
+                         "", "", ""])
+            print(rows[-1], flush=True)
     table = markdown_table(["op", "dtype", "tokens (rows)", "ours us", "torch us", "x vs torch",
                             "ours fwd+bwd us", "torch fwd+bwd us", "x vs torch fwd+bwd"], rows)
     text = (table + f"\n\nMachine: {machine(device)}. Element-wise ops: a layer of hidden {hidden}, {heads} heads "
             f"of {head_dim}, intermediate {inter}; torch: real_ext.ref (HF's compositions). linear: "
-            f"real_ext.ops.linear (no autograd) against F.linear, weight (out x in); median of {args.repeats}, ours and "
-            f"torch taking turns.\n")
+            f"real_ext.ops.linear (no autograd) against F.linear, weight (out x in); 'decode step': the 4 products of "
+            f"each of {args.step_layers} such layers in turn ({len(weights)} distinct weights); median of "
+            f"{args.repeats} ({max(5, args.repeats // 5)} for decode steps), ours and torch taking turns.\n")
     emit(text, args.out)
 
 

@@ -3,7 +3,9 @@
 // model's products, several times what reading the weights takes; here every
 // weight row is read once (widened from bfloat16 on the fly) and applied to
 // all M rows of x, the products of 16 (row, output) pairs reduced together
-// (sum16x16). Larger M goes to at::linear.
+// (sum16x16). With AVX512-BF16, bfloat16 batches of rows (a decode step of many
+// sequences) run in k-pair panels (linear_bf16_gemm_cpu.cpp). Larger M goes to
+// at::linear.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,8 +24,10 @@ namespace {
 // win on large K; MKL's float32 ones only past 8; with AVX512-BF16 dot products
 // (linear_bf16_dot.h) bfloat16 runs here up to kMaxRowsBf16Dot rows (timed
 // against oneDNN in turns, a small model's shapes: 1.0-2.2x up to 16 rows,
-// about even at 20-32).
-constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24;
+// about even at 20-32), then in k-pair panels up to kMaxRowsBf16Gemm (1.1-1.3x
+// at 32-64 rows with the weights cycling through a model's layers, even at 128).
+constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24, kMaxRowsBf16Gemm = 128;
+constexpr int64_t kPanelCols = 32;  // outputs per panel of linear_bf16_gemm
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 
 // Outputs [n0, n1) of the M rows: xf (M, K) float32, W rows of stride ldw,
@@ -118,27 +122,36 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   const auto dt = x.scalar_type();
   const bool bf16_dot = dt == at::kBFloat16 && has_bf16_dot();
+  const bool bf16_gemm = bf16_dot && M > kMaxRowsBf16Dot && M <= kMaxRowsBf16Gemm && K % 2 == 0;
   const int64_t max_rows = bf16_dot              ? kMaxRowsBf16Dot
                            : dt == at::kFloat    ? kMaxRowsFloat
                            : dt == at::kBFloat16 ? kMaxRowsBFloat16
                                                  : 0;
-  if (M > max_rows || M == 0 || K == 0) return at::linear(x, weight, bias);
+  if (!bf16_gemm && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
   const at::Tensor w = rows_view(weight);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
+  at::Tensor y = at::empty({M, N}, x.options());
   if (bf16_dot) {
     const at::Tensor xr = rows_view(x);
-    at::Tensor y = at::empty({M, N}, x.options());
+    const auto* xp = static_cast<const uint16_t*>(xr.data_ptr());
+    const auto* wp = static_cast<const uint16_t*>(w.data_ptr());
     const auto* bp = b.defined() ? static_cast<const uint16_t*>(b.data_ptr()) : nullptr;
-    at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
-      linear_bf16_dot(M, static_cast<const uint16_t*>(xr.data_ptr()), xr.stride(0), K,
-                      static_cast<const uint16_t*>(w.data_ptr()), w.stride(0), bp, static_cast<uint16_t*>(y.data_ptr()),
-                      N, n0, n1);
-    });
+    auto* yp = static_cast<uint16_t*>(y.data_ptr());
+    if (bf16_gemm) {  // whole panels of kPanelCols outputs per thread
+      at::parallel_for(0, (N + kPanelCols - 1) / kPanelCols, 1, [&](int64_t p0, int64_t p1) {
+        linear_bf16_gemm(M, xp, xr.stride(0), K, wp, w.stride(0), bp, yp, N, p0 * kPanelCols,
+                         std::min(N, p1 * kPanelCols));
+      });
+    } else {
+      const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
+      at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
+        linear_bf16_dot(M, xp, xr.stride(0), K, wp, w.stride(0), bp, yp, N, n0, n1);
+      });
+    }
     return y;
   }
   const at::Tensor xf = x.to(at::kFloat).contiguous();
-  at::Tensor y = at::empty({M, N}, x.options());
+  const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
   auto run = [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;

@@ -175,9 +175,11 @@ def test_opcheck(device):
 # without a tail past the 16-lane steps; N odd so the last weight row is unpaired.
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-# Rows around the kernels' block (8) and limits (4/8 portable, 24 AVX512-BF16);
-# k = 1100: panels of 8 rows and a masked K tail in the AVX512-BF16 kernel.
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33])
+# Rows around the kernels' block (8) and limits (4/8 portable; AVX512-BF16: dot
+# products up to 24, k-pair panels up to 128, then oneDNN); k = 1100: panels of
+# 8 rows and a masked K tail in the dot kernel; k = 7: odd K leaves the panels
+# to oneDNN; n = 67, 33, 19: partial panels of 32 outputs.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33, 64, 100, 128, 129])
 @pytest.mark.parametrize("k,n,bias", [(256, 67, False), (40, 33, True), (7, 5, True), (1100, 19, True)], ids=str)
 def test_linear_matches_float64(rows, k, n, bias, dtype, device):
     x = _rand((rows, k), dtype, device, 21)
@@ -213,10 +215,11 @@ def test_linear_portable_bfloat16_kernel():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_linear_row_strided_input(device):
-    base = _rand((3, 50), torch.float32, device, 24)
-    x, w = base[:, 5:45], _rand((9, 40), torch.float32, device, 25)
-    torch.testing.assert_close(ops.linear(x, w), torch.nn.functional.linear(x.contiguous(), w))
+@pytest.mark.parametrize("dtype,rows", [(torch.float32, 3), (torch.bfloat16, 3), (torch.bfloat16, 64)])
+def test_linear_row_strided_input(device, dtype, rows):
+    base = _rand((rows, 50), dtype, device, 24)
+    x, w = base[:, 6:46], _rand((9, 40), dtype, device, 25)
+    assert torch.equal(ops.linear(x, w), ops.linear(x.contiguous(), w))
 
 
 _X, _W = torch.randn(4, 8), torch.randn(8)
