@@ -85,12 +85,9 @@ class Trainer:
         n = model.flat.numel()
         device = model.flat.device
         self.grad = torch.zeros(n, dtype=torch.float32, device=device)
-        self.decay_mask = torch.zeros(n, dtype=torch.float32, device=device)
         self.norm_mask = torch.zeros(n, dtype=torch.float32, device=device)
         for s in model.shards:
-            sl = slice(s.offset, s.offset + s.numel)
-            self.decay_mask[sl] = float(s.spec.decay)
-            self.norm_mask[sl] = float(self._counts_in_norm(s))
+            self.norm_mask[s.offset:s.offset + s.numel] = float(self._counts_in_norm(s))
         # ZeRO-1: this rank updates flat[lo:hi] only.
         self.lo, self.hi = 0, n
         if config.zero1 and ctx.dp > 1:
@@ -101,6 +98,7 @@ class Trainer:
         self.master = model.flat[self.lo:self.hi].float().clone() if mixed else None
         self.exp_avg = torch.zeros(self.hi - self.lo, dtype=torch.float32, device=device)
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
+        self._decay_runs = self._runs_by_decay(model.shards)
         self.step_count = 0
         self._hooks = [self._grad_hook(p, s) for s, p in zip(model.shards, self._params_in_shard_order())]
         # With tied embeddings on separate stages, the embedding (first stage) and
@@ -109,6 +107,24 @@ class Trainer:
         if ctx.pp > 1 and model.config.tie_word_embeddings and model.head == "lm":
             wanted = {"lm_head.weight", "model.embed_tokens.weight"}
             self._tied = next((s for s in model.shards if s.spec.name in wanted), None)
+
+    def _runs_by_decay(self, shards) -> list[tuple[int, int, bool]]:
+        """[lo, hi) cut into maximal runs (start, end, decays), relative to lo;
+        elements outside every shard (none get a gradient) join the runs without
+        decay."""
+        marks = sorted((max(s.offset, self.lo), min(s.offset + s.numel, self.hi), bool(s.spec.decay))
+                       for s in shards if s.offset < self.hi and s.offset + s.numel > self.lo)
+        runs, pos = [], self.lo
+        for a, b, decay in marks + [(self.hi, self.hi, False)]:
+            for start, end, d in ((pos, a, False), (a, b, decay)):
+                if end <= start:
+                    continue
+                if runs and runs[-1][2] == d and runs[-1][1] == start - self.lo:
+                    runs[-1] = (runs[-1][0], end - self.lo, d)
+                else:
+                    runs.append((start - self.lo, end - self.lo, d))
+            pos = max(pos, b)
+        return runs
 
     def _params_in_shard_order(self):
         params = dict(self.model.named_parameters())
@@ -250,17 +266,23 @@ class Trainer:
 
     @torch.no_grad()
     def _adamw(self, lr: float):
+        # torch's fused AdamW (one pass over parameter, gradient and moments;
+        # the unfused update made ~9 passes, 18 ms against 3 ms for a 5M model
+        # on a 2-core CPU), called once for the runs with weight decay and once
+        # for those without.
         c, flat = self.config, self.model.flat
         b1, b2 = c.betas
-        step = self.step_count + 1
+        step = torch.tensor(float(self.step_count + 1), device=flat.device)
         g = self.grad[self.lo:self.hi]
         p = self.master if self.master is not None else flat[self.lo:self.hi]
-        if c.weight_decay:
-            p.mul_(1 - lr * c.weight_decay * self.decay_mask[self.lo:self.hi])
-        self.exp_avg.mul_(b1).add_(g, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (self.exp_avg_sq / (1 - b2 ** step)).sqrt_().add_(c.eps)
-        p.addcdiv_(self.exp_avg, denom, value=-lr / (1 - b1 ** step))
+        for decays in (True, False):
+            runs = [(a, b) for a, b, d in self._decay_runs if d == decays]
+            if not runs:
+                continue
+            views = [[t[a:b] for a, b in runs] for t in (p, g, self.exp_avg, self.exp_avg_sq)]
+            torch._fused_adamw_(*views, [], [step] * len(runs), lr=lr, beta1=b1, beta2=b2,
+                                weight_decay=c.weight_decay if decays else 0.0, eps=c.eps, amsgrad=False,
+                                maximize=False)
         if self.master is not None:
             flat[self.lo:self.hi].copy_(self.master)
         if self.hi - self.lo < flat.numel():

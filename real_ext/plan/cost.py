@@ -39,18 +39,17 @@ from real_ext.runtime.spec import INTERFACES
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # Trainer state per parameter beyond the parameter itself (train.py): float32
-# gradient (4), Adam's two float32 moments (8), the float32 weight-decay and
-# grad-norm masks (8); float32 master weights (4) when the parameters are not
-# float32.
-TRAIN_STATE_BYTES = 4 + 8 + 8
+# gradient (4), Adam's two float32 moments (8), the float32 grad-norm mask (4);
+# float32 master weights (4) when the parameters are not float32.
+TRAIN_STATE_BYTES = 4 + 8 + 4
 MASTER_BYTES = 4
 
-# Bytes read + written per parameter by one optimizer update (Trainer, unfused,
-# weight decay off): grad.zero_ 4, _clip 24 (grad * norm_mask 12, dot 4,
-# rescale 8), exp_avg 20, exp_avg_sq 20, the denominator 24 (divide, sqrt_,
-# add_), addcdiv_ 16; with master weights, copying them back reads 4 and
-# writes the parameter's bytes.
-OPTIMIZER_BYTES = 108
+# Bytes read + written per parameter by one optimizer update (Trainer):
+# grad.zero_ 4, _clip 24 (grad * norm_mask 12, dot 4, rescale 8), torch's fused
+# AdamW 28 (reads parameter, gradient and both moments, writes parameter and
+# moments); with master weights, copying them back reads 4 and writes the
+# parameter's bytes.
+OPTIMIZER_BYTES = 56
 
 # Bytes moved per float32 logit element by the fused log-prob head
 # (logprob.py): forward: the matmul's output, .float(), / temperature, max,
