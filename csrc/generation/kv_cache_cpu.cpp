@@ -1,5 +1,7 @@
 // Paged KV-cache append on the CPU: k_cache[slots[t]] = k[t] (and v), one
-// memcpy per (token, cache) row, tokens in parallel.
+// memcpy per (token, cache) row, tokens in parallel. k and v are read in place
+// when each token's (heads, head_dim) row is contiguous (views of a fused
+// q/k/v projection are).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,7 +16,12 @@ namespace {
 void kv_cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_in, const at::Tensor& v_in,
                          const at::Tensor& slots_in, bool /*check_ids: reading them costs no device copy here*/) {
   const KvCacheAppendShape s = check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in);
-  const at::Tensor k = k_in.contiguous(), v = v_in.contiguous(), slots = slots_in.contiguous();
+  auto token_rows = [](const at::Tensor& t) {
+    return t.stride(2) == 1 && t.stride(1) == t.size(2) ? t : t.contiguous();
+  };
+  const at::Tensor k = token_rows(k_in), v = token_rows(v_in), slots = slots_in.contiguous();
+  const int64_t k_step = k.stride(0) * static_cast<int64_t>(k.element_size());
+  const int64_t v_step = v.stride(0) * static_cast<int64_t>(v.element_size());
   const int64_t row_bytes = s.heads_kv * s.head_dim * static_cast<int64_t>(k.element_size());
   const char* ks = static_cast<const char*>(k.data_ptr());
   const char* vs = static_cast<const char*>(v.data_ptr());
@@ -25,8 +32,8 @@ void kv_cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Ten
   const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(row_bytes, 1));
   at::parallel_for(0, s.tokens, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      std::memcpy(kd + slot[t] * row_bytes, ks + t * row_bytes, row_bytes);
-      std::memcpy(vd + slot[t] * row_bytes, vs + t * row_bytes, row_bytes);
+      std::memcpy(kd + slot[t] * row_bytes, ks + t * k_step, row_bytes);
+      std::memcpy(vd + slot[t] * row_bytes, vs + t * v_step, row_bytes);
     }
   });
 }

@@ -137,9 +137,12 @@ def test_append_matches_reference(shape, device):
         num_slots, tokens = 96, 37
         k_cache = torch.randn(num_slots, hkv, d, generator=g).to(device, dtype)
         v_cache = torch.randn(num_slots, hkv, d, generator=g).to(device, dtype)
-        # k: a strided view; v: starts one element into its storage (unaligned).
+        # k: a transposed view (copied first); v: token rows 3 * hkv * d apart, as
+        # in a fused q/k/v projection (read in place), starting one element into
+        # its storage (unaligned).
         k = torch.randn(hkv, tokens, d, generator=g).to(device, dtype).transpose(0, 1)
-        v = torch.randn(tokens * hkv * d + 1, generator=g).to(device, dtype)[1:].view(tokens, hkv, d)
+        fused = torch.randn(tokens * 3 * hkv * d + 1, generator=g).to(device, dtype)[1:].view(tokens, 3 * hkv * d)
+        v = fused[:, hkv * d:2 * hkv * d].view(tokens, hkv, d)
         slots = torch.randperm(num_slots, generator=g)[:tokens].to(device)
         k_ref, v_ref = k_cache.clone(), v_cache.clone()
         ops.kv_cache_append_(k_cache, v_cache, k, v, slots, check_ids=i % 2 == 0)
