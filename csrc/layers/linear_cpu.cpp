@@ -122,7 +122,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   const auto dt = x.scalar_type();
   const bool bf16_dot = dt == at::kBFloat16 && has_bf16_dot();
-  const bool bf16_gemm = bf16_dot && M > kMaxRowsBf16Dot && M <= kMaxRowsBf16Gemm && K % 2 == 0;
+  const bool bf16_gemm = bf16_dot && M > kMaxRowsBf16Dot && M <= kMaxRowsBf16Gemm && K > 0 && K % 2 == 0;
   const int64_t max_rows = bf16_dot              ? kMaxRowsBf16Dot
                            : dt == at::kFloat    ? kMaxRowsFloat
                            : dt == at::kBFloat16 ? kMaxRowsBFloat16
@@ -131,6 +131,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const at::Tensor w = rows_view(weight);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({M, N}, x.options());
+  const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
   if (bf16_dot) {
     const at::Tensor xr = rows_view(x);
     const auto* xp = static_cast<const uint16_t*>(xr.data_ptr());
@@ -143,7 +144,6 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
                          std::min(N, p1 * kPanelCols));
       });
     } else {
-      const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
       at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
         linear_bf16_dot(M, xp, xr.stride(0), K, wp, w.stride(0), bp, yp, N, n0, n1);
       });
@@ -151,7 +151,6 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     return y;
   }
   const at::Tensor xf = x.to(at::kFloat).contiguous();
-  const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
   auto run = [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;

@@ -215,6 +215,17 @@ def test_linear_portable_bfloat16_kernel():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,k", [(0, 8), (3, 0), (64, 0)])
+def test_linear_empty_operands(rows, k, dtype, device):
+    # No rows, or no inputs (then y is the bias): every kernel's edge. A full
+    # product first leaves partial sums in the kernels' per-thread buffers.
+    ops.linear(_rand((rows, 8), dtype, device, 26), _rand((5, 8), dtype, device, 26))
+    x, weight, b = _rand((rows, k), dtype, device, 27), _rand((5, k), dtype, device, 28), _rand((5,), dtype, device, 29)
+    assert torch.equal(ops.linear(x, weight, b), torch.nn.functional.linear(x, weight, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,rows", [(torch.float32, 3), (torch.bfloat16, 3), (torch.bfloat16, 64)])
 def test_linear_row_strided_input(device, dtype, rows):
     base = _rand((rows, 50), dtype, device, 24)
