@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "attention/attn_cpu_rows.h"
+#include "common/check.h"
 #include "common/cpu_math.h"
 #include "common/cpu_vec16.h"
 
@@ -378,12 +379,6 @@ void bwd_all(const VarlenAttnShape& s, const at::Tensor& dout, const at::Tensor&
   });
 }
 
-// Token rows with each head's values contiguous (a view of a fused q/k/v
-// projection qualifies); anything else is copied.
-at::Tensor token_rows(const at::Tensor& t) {
-  return t.stride(2) == 1 && t.stride(1) == t.size(2) ? t : t.contiguous();
-}
-
 }  // namespace
 
 bool varlen_attn_short_applies(const VarlenAttnShape& s, const at::Tensor& q) {
@@ -397,7 +392,7 @@ bool varlen_attn_short_applies(const VarlenAttnShape& s, const at::Tensor& q) {
 std::tuple<at::Tensor, at::Tensor> varlen_attn_short_fwd(const VarlenAttnShape& s, const at::Tensor& q,
                                                          const at::Tensor& k, const at::Tensor& v, double scale,
                                                          bool causal) {
-  const at::Tensor qr = token_rows(q), kr = token_rows(k), vr = token_rows(v);
+  const at::Tensor qr = token_rows_view(q), kr = token_rows_view(k), vr = token_rows_view(v);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({s.heads_q, s.total_q}, q.options().dtype(at::kFloat));
   if (q.scalar_type() == at::kBFloat16)
@@ -411,7 +406,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attn_short_bwd(const Varle
                                                                      const at::Tensor& q, const at::Tensor& k,
                                                                      const at::Tensor& v, const at::Tensor& lse,
                                                                      double scale, bool causal) {
-  const at::Tensor qr = token_rows(q), kr = token_rows(k), vr = token_rows(v), dor = token_rows(dout);
+  const at::Tensor qr = token_rows_view(q), kr = token_rows_view(k), vr = token_rows_view(v);
+  const at::Tensor dor = token_rows_view(dout);
   const at::Tensor lsec = lse.contiguous();
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());

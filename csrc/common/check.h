@@ -47,6 +47,13 @@ std::string check_msg(const Args&... args) {
 #define REAL_EXT_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::real_ext::check_msg(__VA_ARGS__))
 #define REAL_EXT_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, ::real_ext::check_msg(__VA_ARGS__))
 
+// A (tokens, heads, head_dim) operand as the CPU kernels read it: each token's
+// row contiguous, any token stride (views of a fused q/k/v projection stay
+// uncopied); anything else is copied.
+inline at::Tensor token_rows_view(const at::Tensor& t) {
+  return t.stride(2) == 1 && t.stride(1) == t.size(2) ? t : t.contiguous();
+}
+
 // "[3, 4, 5]" for error messages.
 inline std::string shape_str(const at::Tensor& t) {
   std::string out = "[";

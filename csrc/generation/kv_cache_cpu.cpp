@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "common/check.h"
 #include "generation/generation_checks.h"
 
 namespace real_ext {
@@ -16,10 +17,7 @@ namespace {
 void kv_cache_append_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k_in, const at::Tensor& v_in,
                          const at::Tensor& slots_in, bool /*check_ids: reading them costs no device copy here*/) {
   const KvCacheAppendShape s = check_kv_cache_append_args(k_cache, v_cache, k_in, v_in, slots_in);
-  auto token_rows = [](const at::Tensor& t) {
-    return t.stride(2) == 1 && t.stride(1) == t.size(2) ? t : t.contiguous();
-  };
-  const at::Tensor k = token_rows(k_in), v = token_rows(v_in), slots = slots_in.contiguous();
+  const at::Tensor k = token_rows_view(k_in), v = token_rows_view(v_in), slots = slots_in.contiguous();
   const int64_t k_step = k.stride(0) * static_cast<int64_t>(k.element_size());
   const int64_t v_step = v.stride(0) * static_cast<int64_t>(v.element_size());
   const int64_t row_bytes = s.heads_kv * s.head_dim * static_cast<int64_t>(k.element_size());

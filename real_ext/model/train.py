@@ -98,7 +98,9 @@ class Trainer:
         self.master = model.flat[self.lo:self.hi].float().clone() if mixed else None
         self.exp_avg = torch.zeros(self.hi - self.lo, dtype=torch.float32, device=device)
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
-        self._decay_runs = self._runs_by_decay(model.shards)
+        runs = self._runs_by_decay(model.shards)
+        # (start, end) runs relative to lo, with weight decay and without.
+        self._decay_runs = tuple([(a, b) for a, b, d in runs if d == decays] for decays in (True, False))
         self.step_count = 0
         self._hooks = [self._grad_hook(p, s) for s, p in zip(model.shards, self._params_in_shard_order())]
         # With tied embeddings on separate stages, the embedding (first stage) and
@@ -275,8 +277,7 @@ class Trainer:
         step = torch.tensor(float(self.step_count + 1), device=flat.device)
         g = self.grad[self.lo:self.hi]
         p = self.master if self.master is not None else flat[self.lo:self.hi]
-        for decays in (True, False):
-            runs = [(a, b) for a, b, d in self._decay_runs if d == decays]
+        for decays, runs in zip((True, False), self._decay_runs):
             if not runs:
                 continue
             views = [[t[a:b] for a, b in runs] for t in (p, g, self.exp_avg, self.exp_avg_sq)]
