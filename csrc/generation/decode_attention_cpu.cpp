@@ -4,15 +4,24 @@
 //   pass 1: scores S[i, j] = q_i . k_j (q pre-scaled), 16 tokens at a time,
 //           each K vector applied to up to four q rows of its group;
 //   pass 2: S[i, :] = softmax(S[i, :]);
-//   pass 3: out_i = sum_j S[i, j] v_j, four V rows at a time.
+//   pass 3: out_i = sum_j S[i, j] v_j, 16 tokens at a time into accumulators
+//           held in registers (up to four q rows x 64 elements).
 // Scores live in a per-thread buffer (q rows of the item x seq_len floats).
-// Math is float32; bfloat16 cache rows are widened on the fly.
+// Math is float32. A head row is taken in chunks of 32 elements held as two
+// 16-float vectors (a, b): for a float32 cache elements 0..15 and 16..31; for
+// bfloat16 one 64-byte load split into its even elements (a: the low halves
+// shifted up) and odd ones (b: the high halves masked), three instructions
+// for 32 values where widening in order takes six. q rows and the output
+// accumulators are kept in the same order (permuted once per item), so the
+// products need no shuffles. Elements past the last whole chunk (head_dim not
+// a multiple of 32) are done one at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "attention/attn_cpu_rows.h"
@@ -23,11 +32,11 @@
 namespace real_ext {
 namespace {
 
-// One call's sizes and float32 buffers; the cache pointers are passed apart
-// because their type differs (float or bfloat16 bits).
+// One call's sizes and pointers; q and the output have the cache's element
+// type T (float or bfloat16 bits), passed apart from the view.
 struct DecodeView {
-  const float* q;  // (B, heads_q, D), already multiplied by the softmax scale
-  float* out;      // (B, heads_q, D)
+  int64_t q_stride_b, q_stride_h, q_stride_d;  // q: (B, heads_q, D), any strides
+  float scale;
   const int32_t* block_tables;
   const int32_t* seq_lens;
   int64_t heads_q, heads_kv, head_dim, max_blocks, block_size;
@@ -47,6 +56,25 @@ REAL_EXT_INLINE void prefetch_rows(const T* cache, const int64_t* rows, int64_t 
   }
 }
 
+// One chunk of 32 cache elements as (a, b); see the file comment.
+REAL_EXT_INLINE void load_chunk(const float* p, vec16& a, vec16& b) {
+  a = load16(p);
+  b = load16(p + 16);
+}
+REAL_EXT_INLINE void load_chunk(const uint16_t* p, vec16& a, vec16& b) {
+  vec16u bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  const vec16u lo = bits << 16, hi = bits & 0xffff0000u;
+  std::memcpy(&a, &lo, sizeof(a));
+  std::memcpy(&b, &hi, sizeof(b));
+}
+
+// Position, within its chunk, of element e (< 32) of a chunk loaded as above.
+template <typename T>
+constexpr int64_t chunk_slot(int64_t e) {
+  return sizeof(T) == 4 ? e : (e % 2) * 16 + e / 2;
+}
+
 // s[:n] = softmax(s[:n]) in place.
 REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
   const auto [mx, sum] = exp_row_t(s, n, neg_inf<float>());
@@ -55,24 +83,28 @@ REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
 }
 
 // Scores of M q rows (one kv head, M <= 4) against n <= 16 tokens: each K
-// vector is loaded (and widened) once for the M rows. q: the first of the M
-// rows (row stride D); k[t]: token t's row of that kv head; scores: the first
-// row's scores of these tokens (row stride L).
+// chunk is loaded (and widened) once for the M rows. q: the first of the M
+// rows in chunk order (row stride D); k[t]: token t's row of that kv head;
+// scores: the first row's scores of these tokens (row stride L).
 template <int M, typename T>
 REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, int64_t D, float* scores,
                                  int64_t L) {
-  const int64_t D16 = D / 16 * 16;
+  const int64_t D32 = D / 32 * 32;
   vec16 part[M][16];
   for (int64_t t = 0; t < 16; ++t) {
     vec16 acc[M] = {};
     if (t < n) {
-      for (int64_t d = 0; d < D16; d += 16) {
-        const vec16 kd = load16(k[t] + d);
-        for (int r = 0; r < M; ++r) acc[r] += load16(q + r * D + d) * kd;
+      for (int64_t d = 0; d < D32; d += 32) {
+        vec16 ka, kb;
+        load_chunk(k[t] + d, ka, kb);
+        for (int r = 0; r < M; ++r) {
+          acc[r] += load16(q + r * D + d) * ka;
+          acc[r] += load16(q + r * D + d + 16) * kb;
+        }
       }
-      for (int64_t d = D16; d < D; ++d) {
+      for (int64_t d = D32; d < D; ++d) {
         const float kd = load(k[t], d);
-        for (int r = 0; r < M; ++r) acc[r][d - D16] += q[r * D + d] * kd;
+        for (int r = 0; r < M; ++r) acc[r][0] += q[r * D + d] * kd;
       }
     }
     for (int r = 0; r < M; ++r) part[r][t] = acc[r];
@@ -83,30 +115,55 @@ REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, i
   }
 }
 
-// out[r] += sum_u p[r * L + u] v[u] for M q rows (one kv head) and U tokens:
-// each V vector is loaded (and widened) once for the M rows.
-template <int M, int U, typename T>
-REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* v, int64_t D, float* out) {
-  const int64_t D16 = D / 16 * 16;
-  float w[M][U];
-  for (int r = 0; r < M; ++r)
-    for (int u = 0; u < U; ++u) w[r][u] = p[r * L + u];
-  for (int64_t d = 0; d < D16; d += 16) {
-    vec16 vd[U];
-    for (int u = 0; u < U; ++u) vd[u] = load16(v[u] + d);
-    for (int r = 0; r < M; ++r) {
-      vec16 o = load16(out + r * D + d);
-      for (int u = 0; u < U; ++u) o += w[r][u] * vd[u];
-      store16(out + r * D + d, o);
-    }
-  }
-  for (int64_t d = D16; d < D; ++d)
+// acc[r] += sum_t p[r * L + t] v[t] for M q rows (one kv head) and n tokens,
+// acc in chunk order (row stride D). Two chunks at a time: M x 4 vectors of
+// accumulators stay in registers across the n tokens; each V chunk is loaded
+// (and widened) once for the M rows.
+template <int M, typename T>
+REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D,
+                                     float* acc) {
+  const int64_t D32 = D / 32 * 32;
+  int64_t d = 0;
+  for (; d + 64 <= D32; d += 64) {
+    vec16 o[M][4];
     for (int r = 0; r < M; ++r)
-      for (int u = 0; u < U; ++u) out[r * D + d] += w[r][u] * load(v[u], d);
+      for (int c = 0; c < 4; ++c) o[r][c] = load16(acc + r * D + d + 16 * c);
+    for (int64_t t = 0; t < n; ++t) {
+      vec16 va[4];
+      load_chunk(v[t] + d, va[0], va[1]);
+      load_chunk(v[t] + d + 32, va[2], va[3]);
+      for (int r = 0; r < M; ++r) {
+        const float w = p[r * L + t];
+        for (int c = 0; c < 4; ++c) o[r][c] += w * va[c];
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < 4; ++c) store16(acc + r * D + d + 16 * c, o[r][c]);
+  }
+  if (d < D32) {  // one chunk left
+    vec16 o[M][2];
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < 2; ++c) o[r][c] = load16(acc + r * D + d + 16 * c);
+    for (int64_t t = 0; t < n; ++t) {
+      vec16 va[2];
+      load_chunk(v[t] + d, va[0], va[1]);
+      for (int r = 0; r < M; ++r) {
+        const float w = p[r * L + t];
+        for (int c = 0; c < 2; ++c) o[r][c] += w * va[c];
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < 2; ++c) store16(acc + r * D + d + 16 * c, o[r][c]);
+  }
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t e = D32; e < D; ++e) {
+      const float ve = load(v[t], e);
+      for (int r = 0; r < M; ++r) acc[r * D + e] += p[r * L + t] * ve;
+    }
 }
 
-// All G q rows of one kv head, four at a time (then 1..3). q, scores: the
-// head's first q row and its first score; the rest as above.
+// All G q rows of one kv head, four at a time (then 1..3). q, scores, p, acc:
+// the head's first row; the rest as above.
 template <typename T>
 REAL_EXT_INLINE void scores_head(const float* q, const T* const* k, int64_t n, int64_t D, int64_t G, float* scores,
                                  int64_t L) {
@@ -122,34 +179,47 @@ REAL_EXT_INLINE void scores_head(const float* q, const T* const* k, int64_t n, i
   }
 }
 
-template <int U, typename T>
-REAL_EXT_INLINE void accumulate_head(const float* p, int64_t L, const T* const* v, int64_t D, int64_t G, float* out) {
+template <typename T>
+REAL_EXT_INLINE void accumulate_head(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D, int64_t G,
+                                     float* acc) {
   for (int64_t g = 0; g < G; g += 4) {
     const float* pg = p + g * L;
-    float* og = out + g * D;
+    float* ag = acc + g * D;
     switch (std::min<int64_t>(4, G - g)) {
-      case 4: accumulate_rows<4, U>(pg, L, v, D, og); break;
-      case 3: accumulate_rows<3, U>(pg, L, v, D, og); break;
-      case 2: accumulate_rows<2, U>(pg, L, v, D, og); break;
-      default: accumulate_rows<1, U>(pg, L, v, D, og); break;
+      case 4: accumulate_rows<4>(pg, L, v, n, D, ag); break;
+      case 3: accumulate_rows<3>(pg, L, v, n, D, ag); break;
+      case 2: accumulate_rows<2>(pg, L, v, n, D, ag); break;
+      default: accumulate_rows<1>(pg, L, v, n, D, ag); break;
     }
   }
 }
 
 // Sequence b, kv heads [h0, h0 + nh): the q heads [h0 * G, (h0 + nh) * G).
-// scores: nh * G * seq_len floats; rows: seq_len offsets.
+// work: per-thread floats (q rows and accumulators of the item in chunk
+// order, then nh * G * seq_len scores); rows: seq_len offsets.
 template <typename T>
-REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* k_cache, const T* v_cache, int64_t b, int64_t h0,
-                                   int64_t nh, float* scores, int64_t* rows) {
+REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, const T* k_cache, const T* v_cache,
+                                   int64_t b, int64_t h0, int64_t nh, float* work, int64_t* rows) {
   const int64_t D = x.head_dim, G = x.heads_q / x.heads_kv, L = x.seq_lens[b], bs = x.block_size;
-  const int64_t nq = nh * G, span = nh * D;  // q rows of the item; cache elements it reads per token
+  const int64_t nq = nh * G, span = nh * D, D32 = D / 32 * 32;  // q rows; cache elements read per token
+  float* q = work;
+  float* acc = q + nq * D;
+  float* scores = acc + nq * D;
+  // The item's q rows, scaled, in chunk order; its output rows at 0.
+  for (int64_t i = 0; i < nq; ++i) {
+    const T* src = q_in + b * x.q_stride_b + (h0 * G + i) * x.q_stride_h;
+    for (int64_t e = 0; e < D; ++e) {
+      const int64_t at = e < D32 ? e / 32 * 32 + chunk_slot<T>(e % 32) : e;
+      q[i * D + at] = load(src, e * x.q_stride_d) * x.scale;
+    }
+  }
+  std::fill(acc, acc + nq * D, 0.f);
   // Element offset of token j's first row (slot, h0) in the caches.
   const int32_t* table = x.block_tables + b * x.max_blocks;
   for (int64_t j0 = 0, i = 0; j0 < L; j0 += bs, ++i) {
     const int64_t slot0 = static_cast<int64_t>(table[i]) * bs - j0;
     for (int64_t j = j0; j < std::min(L, j0 + bs); ++j) rows[j] = ((slot0 + j) * x.heads_kv + h0) * D;
   }
-  const float* q = x.q + (b * x.heads_q + h0 * G) * D;
   // Pass 1, 16 tokens at a time; kv head h's rows come from L1 after the
   // first group of its q rows.
   for (int64_t j0 = 0; j0 < L; j0 += 16) {
@@ -163,33 +233,34 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* k_cache, const 
   }
   // Pass 2.
   for (int64_t i = 0; i < nq; ++i) softmax_row(scores + i * L, L);
-  // Pass 3, 4 tokens at a time.
-  float* out = x.out + (b * x.heads_q + h0 * G) * D;
-  std::fill(out, out + nq * D, 0.f);
-  int64_t j = 0;
-  for (; j + 4 <= L; j += 4) {
-    const int64_t ahead = std::min(L, j + kAhead);
+  // Pass 3, 16 tokens at a time.
+  for (int64_t j0 = 0; j0 < L; j0 += 16) {
+    const int64_t n = std::min<int64_t>(16, L - j0), ahead = std::min(L, j0 + kAhead);
     for (int64_t h = 0; h < nh; ++h) {
-      prefetch_rows(v_cache, rows, ahead + h * 4 / nh, std::min(L, ahead + (h + 1) * 4 / nh), span);
-      const T* v[4] = {v_cache + rows[j] + h * D, v_cache + rows[j + 1] + h * D, v_cache + rows[j + 2] + h * D,
-                       v_cache + rows[j + 3] + h * D};
-      accumulate_head<4>(scores + h * G * L + j, L, v, D, G, out + h * G * D);
+      prefetch_rows(v_cache, rows, ahead + h * 16 / nh, std::min(L, ahead + (h + 1) * 16 / nh), span);
+      const T* v[16];
+      for (int64_t t = 0; t < n; ++t) v[t] = v_cache + rows[j0 + t] + h * D;
+      accumulate_head(scores + h * G * L + j0, L, v, n, D, G, acc + h * G * D);
     }
   }
-  for (; j < L; ++j)
-    for (int64_t h = 0; h < nh; ++h) {
-      const T* v[1] = {v_cache + rows[j] + h * D};
-      accumulate_head<1>(scores + h * G * L + j, L, v, D, G, out + h * G * D);
+  // The output rows back in element order, in the output's type.
+  T* dst = out + (b * x.heads_q + h0 * G) * D;
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t e = 0; e < D; ++e) {
+      const int64_t at = e < D32 ? e / 32 * 32 + chunk_slot<T>(e % 32) : e;
+      store(dst, i * D + e, acc[i * D + at]);
     }
 }
 
-REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const float* k_cache, const float* v_cache, int64_t b,
-                                     int64_t h0, int64_t nh, float* scores, int64_t* rows) {
-  decode_item_t(x, k_cache, v_cache, b, h0, nh, scores, rows);
+REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const float* q, float* out, const float* k_cache,
+                                     const float* v_cache, int64_t b, int64_t h0, int64_t nh, float* work,
+                                     int64_t* rows) {
+  decode_item_t(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
 }
-REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const uint16_t* k_cache, const uint16_t* v_cache,
-                                     int64_t b, int64_t h0, int64_t nh, float* scores, int64_t* rows) {
-  decode_item_t(x, k_cache, v_cache, b, h0, nh, scores, rows);
+REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const uint16_t* q, uint16_t* out, const uint16_t* k_cache,
+                                     const uint16_t* v_cache, int64_t b, int64_t h0, int64_t nh, float* work,
+                                     int64_t* rows) {
+  decode_item_t(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
 }
 
 // Items (sequence, range of kv heads), longest sequences first, each thread
@@ -197,7 +268,7 @@ REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const uint16_t* k_cach
 // reading all heads of a token is one contiguous span, which streams from
 // memory far better than one head's row every heads_kv * D elements.
 template <typename T>
-void decode_all(const DecodeView& x, const T* k_cache, const T* v_cache, int64_t batch) {
+void decode_all(const DecodeView& x, const T* q, T* out, const T* k_cache, const T* v_cache, int64_t batch) {
   std::vector<int64_t> order(batch);
   for (int64_t b = 0; b < batch; ++b) order[b] = b;
   std::stable_sort(order.begin(), order.end(),
@@ -206,17 +277,18 @@ void decode_all(const DecodeView& x, const T* k_cache, const T* v_cache, int64_t
   const int64_t ranges = std::min(x.heads_kv, (4 * threads + batch - 1) / std::max<int64_t>(batch, 1));
   const int64_t per_range = (x.heads_kv + ranges - 1) / ranges;
   const int64_t items_per_seq = (x.heads_kv + per_range - 1) / per_range;
-  const int64_t n = batch * items_per_seq, G = x.heads_q / x.heads_kv;
+  const int64_t n = batch * items_per_seq, G = x.heads_q / x.heads_kv, D = x.head_dim;
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, std::max<int64_t>(n, 1)), 1, [&](int64_t, int64_t) {
-    thread_local std::vector<float> scores;
+    thread_local std::vector<float> work;
     thread_local std::vector<int64_t> rows;
     for (int64_t i = next++; i < n; i = next++) {
       const int64_t b = order[i / items_per_seq], h0 = (i % items_per_seq) * per_range;
       const int64_t nh = std::min(per_range, x.heads_kv - h0), L = x.seq_lens[b];
-      if (static_cast<int64_t>(scores.size()) < nh * G * L) scores.resize(nh * G * L);
+      const int64_t need = nh * G * (2 * D + L);
+      if (static_cast<int64_t>(work.size()) < need) work.resize(need);
       if (static_cast<int64_t>(rows.size()) < L) rows.resize(L);
-      decode_item(x, k_cache, v_cache, b, h0, nh, scores.data(), rows.data());
+      decode_item(x, q, out, k_cache, v_cache, b, h0, nh, work.data(), rows.data());
     }
   });
 }
@@ -225,19 +297,28 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
                                 const at::Tensor& block_tables, const at::Tensor& seq_lens, int64_t block_size,
                                 double scale, bool /*check_ids: reading them costs no device copy here*/) {
   const DecodeAttnShape s = check_decode_attention_args(q, k_cache, v_cache, block_tables, seq_lens, block_size);
-  const at::Tensor qf = (q.to(at::kFloat) * scale).contiguous();
   const at::Tensor tables = block_tables.contiguous(), lens = seq_lens.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
-  const DecodeView x{qf.data_ptr<float>(),     out.data_ptr<float>(), tables.data_ptr<int32_t>(),
-                     lens.data_ptr<int32_t>(), s.heads_q,              s.heads_kv,
-                     s.head_dim,               s.max_blocks,           s.block_size};
+  at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  const DecodeView x{q.stride(0),
+                     q.stride(1),
+                     q.stride(2),
+                     static_cast<float>(scale),
+                     tables.data_ptr<int32_t>(),
+                     lens.data_ptr<int32_t>(),
+                     s.heads_q,
+                     s.heads_kv,
+                     s.head_dim,
+                     s.max_blocks,
+                     s.block_size};
   if (k_cache.scalar_type() == at::kFloat) {
-    decode_all(x, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), s.batch);
+    decode_all(x, q.data_ptr<float>(), out.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+               s.batch);
   } else {
-    decode_all(x, reinterpret_cast<const uint16_t*>(k_cache.data_ptr()),
+    decode_all(x, reinterpret_cast<const uint16_t*>(q.data_ptr()), reinterpret_cast<uint16_t*>(out.data_ptr()),
+               reinterpret_cast<const uint16_t*>(k_cache.data_ptr()),
                reinterpret_cast<const uint16_t*>(v_cache.data_ptr()), s.batch);
   }
-  return out.to(q.scalar_type());
+  return out;
 }
 
 }  // namespace

@@ -24,9 +24,10 @@ namespace {
 // win on large K; MKL's float32 ones only past 8; with AVX512-BF16 dot products
 // (linear_bf16_dot.h) bfloat16 runs here up to kMaxRowsBf16Dot rows (timed
 // against oneDNN in turns, a small model's shapes: 1.0-2.2x up to 16 rows,
-// about even at 20-32), then in k-pair panels up to kMaxRowsBf16Gemm (1.1-1.3x
-// at 32-64 rows with the weights cycling through a model's layers, even at 128).
-constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24, kMaxRowsBf16Gemm = 128;
+// about even at 20-32), then in k-pair panels up to kMaxRowsBf16Gemm (with the
+// weights cycling through a model's layers: 1.1-1.3x at 32-128 rows, 1.05x at
+// 256, 0.96x at 512 and 2048, where x's rows of a chunk leave L1).
+constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24, kMaxRowsBf16Gemm = 256;
 constexpr int64_t kPanelCols = 32;  // outputs per panel of linear_bf16_gemm
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 

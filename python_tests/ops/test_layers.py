@@ -176,10 +176,11 @@ def test_opcheck(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 # Rows around the kernels' block (8) and limits (4/8 portable; AVX512-BF16: dot
-# products up to 24, k-pair panels up to 128, then oneDNN); k = 1100: panels of
-# 8 rows and a masked K tail in the dot kernel; k = 7: odd K leaves the panels
-# to oneDNN; n = 67, 33, 19: partial panels of 32 outputs.
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33, 64, 100, 128, 129])
+# products up to 24, k-pair panels up to 256, then oneDNN); k = 1100: panels of
+# 8 rows and a masked K tail in the dot kernel, chunks of the panel build with
+# 16 x 16 word blocks and a tail of pairs; k = 40: one block and 4 pairs; k = 7:
+# odd K leaves the panels to oneDNN; n = 67, 33, 19: partial panels of 32 outputs.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33, 64, 100, 128, 256, 257])
 @pytest.mark.parametrize("k,n,bias", [(256, 67, False), (40, 33, True), (7, 5, True), (1100, 19, True)], ids=str)
 def test_linear_matches_float64(rows, k, n, bias, dtype, device):
     x = _rand((rows, k), dtype, device, 21)
