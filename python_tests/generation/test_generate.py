@@ -97,6 +97,20 @@ def test_samples_sharing_a_prompts_cache_match_training_forward(models):
         assert (logp[start:start + len(gen)] - torch.tensor(gen)).abs().max() <= 1e-5, i
 
 
+def test_prefill_in_several_forwards_matches_one(models, monkeypatch):
+    # The prompts split over several prefill forwards (each computing its last
+    # block for the prompts' last tokens only) give what one forward gives.
+    _, ours = models
+    from real_ext.generation import engine
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.9, seed=2)
+    whole = generate(ours, PROMPTS, cfg)
+    monkeypatch.setattr(engine, "PREFILL_TOKENS", 1)  # a forward per prompt
+    split = generate(ours, PROMPTS, cfg)
+    assert split.output_ids == whole.output_ids
+    for a, b in zip(split.logprobs, whole.logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5
+
+
 def test_fused_projections_follow_the_parameters(models):
     # Without autograd q/k/v (and gate/up) run as one product over a fused view of
     # the flat buffer that each layer keeps; moving the parameters must drop it.

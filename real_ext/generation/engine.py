@@ -142,8 +142,9 @@ def prefill(model, cache: PagedKVCache, prompts, seq_ids: list[int]) -> torch.Te
             cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
             slots = [slot for j in group for slot in cache.allocate(seq_ids[j], len(prompts[j]))]
             step = CacheStep(cache, torch.tensor(slots, dtype=torch.int64, device=device), decode=False)
-            hidden = model.forward_stage(ids, model.packed_info(cu, cache=step))
-            last.append(model.head_output(hidden[cu[1:].long() - 1]))
+            info = model.packed_info(cu, cache=step)
+            info.last_only = True  # one row per prompt comes out: its last token's
+            last.append(model.head_output(model.forward_stage(ids, info)))
             group, tokens = [], 0
     return torch.cat(last)
 

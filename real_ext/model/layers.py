@@ -84,6 +84,9 @@ class PackedInfo:
     (``shared``, a real_ext.model.shared_prefix.SharedPrefix) those of its rows. ``cache`` (a
     real_ext.generation.kv_cache.CacheStep) makes attention write the new keys
     and values to the KV cache and, when decoding, attend over the cache.
+    ``last_only``: only each sequence's last output row is read (a prefill,
+    which wants the next token's logits and the cache): the last block then
+    attends and runs the rest of itself for those rows alone.
     """
 
     def __init__(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
@@ -105,6 +108,7 @@ class PackedInfo:
         self.kv_index = None if shared is None else shared.kv_index
         self.cu_seqlens_k = cu_seqlens if shared is None else shared.cu_seqlens_k
         self.max_len_k = max_len if shared is None else shared.max_len_k
+        self.last_only = False
 
 
 def fused_view(*params: torch.Tensor) -> torch.Tensor | None:
@@ -164,7 +168,10 @@ class Attention(nn.Module):
         self.v_proj = Linear(kv_heads * config.head_dim, config.hidden_size, config.qkv_bias)
         self.o_proj = Linear(config.hidden_size, heads * config.head_dim, config.o_bias)
 
-    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group, last_only: bool = False) -> torch.Tensor:
+        """Attention over the packed batch; last_only: the output of each
+        sequence's last token only (keys and values of all of them still
+        reach the cache)."""
         x = copy_to_tp(x, tp_group)
         t = x.shape[0]
         q, k, v = grouped_linear(x, self, (self.q_proj, self.k_proj, self.v_proj))
@@ -181,6 +188,12 @@ class Attention(nn.Module):
         if cache is not None and cache.decode:  # one new token per sequence, over its cache
             out = ops.decode_attention(q, k_pool, v_pool, cache.block_tables, cache.seq_lens, cache.block_size,
                                        softmax_scale=scale, check_ids=cache.check_ids)
+        elif last_only:  # one query per sequence: causal alignment lets it see all its keys
+            ends = info.cu_seqlens[1:].long() - 1
+            t = ends.numel()
+            cu_q = torch.arange(t + 1, dtype=info.cu_seqlens.dtype, device=x.device)
+            out = ops.varlen_attention(q.index_select(0, ends), k, v, cu_q, info.cu_seqlens, 1, info.max_len,
+                                       causal=True, softmax_scale=scale)
         else:
             if info.kv_index is not None:  # shared prefixes: each segment's keys, [prefix, own tokens]
                 k, v = k.index_select(0, info.kv_index), v.index_select(0, info.kv_index)
@@ -229,6 +242,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = Norm(config)
         self.mlp = MLP(config, intermediate)
 
-    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), info, tp_group)
+    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group, last_only: bool = False) -> torch.Tensor:
+        """last_only: the output rows of each sequence's last token only."""
+        attn = self.self_attn(self.input_layernorm(x), info, tp_group, last_only)
+        if last_only:
+            x = x.index_select(0, info.cu_seqlens[1:].long() - 1)
+        x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x), tp_group)

@@ -206,11 +206,15 @@ class ReaLModel(nn.Module):
         return x
 
     def run_blocks(self, x: torch.Tensor, info: PackedInfo) -> torch.Tensor:
-        for block in self.model.layers.values():
+        """This stage's blocks; with info.last_only (on the last stage) the
+        output has one row per sequence, its last token's."""
+        blocks = list(self.model.layers.values())
+        for i, block in enumerate(blocks):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, info, self.tp_group, use_reentrant=False)
             else:
-                x = block(x, info, self.tp_group)
+                last_only = info.last_only and self.is_last_stage and i == len(blocks) - 1
+                x = block(x, info, self.tp_group, last_only)
         return x
 
     def final_hidden(self, x: torch.Tensor) -> torch.Tensor:
