@@ -2,10 +2,8 @@
 // step of many sequences): 32 weight rows at a time are interleaved into a
 // per-thread panel of k-pairs (the operand layout vdpbf16ps wants: 16 outputs
 // x 2 k per register), then every row of x is applied to the panel, 8 rows x
-// 32 outputs of float32 accumulators at a time, each x pair read by its
-// products as an embedded broadcast (GCC/clang inline assembly: intrinsics
-// give no way to keep the compiler from broadcasting it into a register
-// first). The panel is rebuilt on every call (one pass over the weights,
+// 32 outputs of float32 accumulators at a time, each x pair broadcast once per
+// 32 outputs. The panel is rebuilt on every call (one pass over the weights,
 // which any kernel reads once), so no packed copy outlives the call and
 // in-place weight updates need no bookkeeping.
 #include <algorithm>
@@ -89,12 +87,11 @@ REAL_EXT_BF16_GEMM REAL_EXT_INLINE void rows_times_panel(const uint16_t* x, int6
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(panel + kp * kCols);
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(panel + kp * kCols + 16);
     for (int r = 0; r < MB; ++r) {
-      // x's pair as an embedded broadcast operand of each product: a compiler
-      // left to itself broadcasts it once into a register for both, an extra
-      // instruction per two products (3-8% slower products here).
-      const uint32_t& pair = *reinterpret_cast<const uint32_t*>(x + r * ldx + 2 * kp);
-      asm("vdpbf16ps %1%{1to16%}, %2, %0" : "+v"(acc[r][0]) : "m"(pair), "v"(w0));
-      asm("vdpbf16ps %1%{1to16%}, %2, %0" : "+v"(acc[r][1]) : "m"(pair), "v"(w1));
+      uint32_t word;
+      std::memcpy(&word, x + r * ldx + 2 * kp, sizeof(word));
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(word));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xb, w0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xb, w1);
     }
   }
   for (int r = 0; r < MB; ++r)
