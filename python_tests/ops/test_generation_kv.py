@@ -1,7 +1,10 @@
 """Paged KV-cache ops (kv_cache_append_, decode_attention) against the plain
 references (real_ext.ref), on scattered block tables; tolerances derived as in
 STYLE.md; every malformed call raises a clear error."""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -121,6 +124,26 @@ def test_decode_strided_and_unaligned_q(device):
     unaligned = torch.cat([q.new_zeros(1), q.flatten()])[1:].view(q.shape)
     for variant in (strided, unaligned):
         assert torch.equal(ops.decode_attention(variant, k_cache, v_cache, tables, lens, bs), expected)
+
+
+def test_decode_portable_cpu_path():
+    # On CPUs with AVX512-BF16 a bfloat16 cache's scores take vdpbf16ps (the
+    # cases above); the widening path serves the other CPUs: run it too.
+    code = (
+        "import torch\n"
+        "from python_tests.ops.test_generation_kv import CASES, _decode_inputs, _max_err\n"
+        "from real_ext import ops, ref\n"
+        "for case in (CASES[1], CASES[2], CASES[7]):\n"
+        "    q, k, v, tables, lens, bs = _decode_inputs(case, torch.bfloat16, 'cpu', seed=3)\n"
+        "    hi = ref.decode_attention(q.float(), k.float(), v.float(), tables, lens, bs)\n"
+        "    pt = _max_err(ref.decode_attention(q, k, v, tables, lens, bs), hi)\n"
+        "    err = _max_err(ops.decode_attention(q, k, v, tables, lens, bs), hi)\n"
+        "    assert err <= 2 * pt + 1e-6 * max(1.0, hi.abs().max().item()), (case[0], err, pt)\n"
+        "print('ok')\n")
+    env = dict(os.environ, REAL_EXT_NO_BF16_DOT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 # (name, heads_kv, head_dim): rows of 16-byte multiples, and rows that are not
