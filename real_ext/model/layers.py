@@ -85,8 +85,9 @@ class PackedInfo:
     real_ext.generation.kv_cache.CacheStep) makes attention write the new keys
     and values to the KV cache and, when decoding, attend over the cache.
     ``last_only``: only each sequence's last output row is read (a prefill,
-    which wants the next token's logits and the cache): the last block then
-    attends and runs the rest of itself for those rows alone.
+    which wants the next token's logits and the cache; no shared prefixes):
+    the last block then attends and runs the rest of itself for those rows
+    alone.
     """
 
     def __init__(self, cu_seqlens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
