@@ -22,6 +22,9 @@ CASES = [
     ("gqa8_hd128", [129, 2, 48, 250], 16, 2, 128, 16),
     ("hd256_gqa4", [300, 1, 77], 8, 2, 256, 16),
     ("hd32_bs1_mha", [5, 1, 40], 2, 2, 32, 1),
+    # Head rows shorter than the CPU kernel's 32-element chunk, and one chunk + 16.
+    ("hd16_gqa2", [33, 1, 17], 4, 2, 16, 16),
+    ("hd48_mqa2", [20, 5], 2, 1, 48, 16),
     ("64_seqs_mqa8", [(i * 37) % 200 + 1 for i in range(64)], 8, 1, 64, 16),
     ("group7", [50, 9, 1], 14, 2, 64, 16),
     ("group16_mqa", [40, 3], 16, 1, 64, 16),
@@ -133,7 +136,8 @@ def test_decode_portable_cpu_path():
         "import torch\n"
         "from python_tests.ops.test_generation_kv import CASES, _decode_inputs, _max_err\n"
         "from real_ext import ops, ref\n"
-        "for case in (CASES[1], CASES[2], CASES[7]):\n"
+        "names = ('block_edges_gqa2', 'block_size_1_gqa4_hd80', 'group7', 'hd16_gqa2', 'hd48_mqa2')\n"
+        "for case in [c for c in CASES if c[0] in names]:\n"
         "    q, k, v, tables, lens, bs = _decode_inputs(case, torch.bfloat16, 'cpu', seed=3)\n"
         "    hi = ref.decode_attention(q.float(), k.float(), v.float(), tables, lens, bs)\n"
         "    pt = _max_err(ref.decode_attention(q, k, v, tables, lens, bs), hi)\n"
