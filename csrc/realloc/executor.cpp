@@ -305,18 +305,21 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
     }
   }
 
-  // Local pieces, while the above is on the wire (staged through one more
-  // buffer of this rank's own).
+  // Local pieces, while the above is on the wire: one copy where either side
+  // is contiguous (a tp column slice into or out of a whole parameter), else
+  // staged through one more buffer of this rank's own.
   const std::vector<Chunk> local_chunks = make_chunks(local, cap, kDirectCap);
   int64_t local_max = 0;
   for (const Chunk& c : local_chunks)
-    if (!(in_place && contiguous(c.dst))) local_max = std::max(local_max, c.elements);
+    if (!(in_place && contiguous(c.dst)) && !contiguous(c.src)) local_max = std::max(local_max, c.elements);
   at::Tensor local_stage = at::empty({local_max}, opts);
   staged_elements += local_max;
   for (const Chunk& c : local_chunks) {
     if (in_place && contiguous(c.dst)) {  // pack straight into the destination
       at::Tensor target = dst.narrow(0, c.dst[0].offset, c.elements);
       pack(*src_flat, c, target);
+    } else if (contiguous(c.src)) {  // unpack straight from the source
+      unpack(dst, src_flat->narrow(0, c.src[0].offset, c.elements), c, eta);
     } else {
       unpack(dst, pack(*src_flat, c, local_stage), c, eta);
     }
