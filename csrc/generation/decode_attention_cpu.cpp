@@ -89,10 +89,13 @@ REAL_EXT_INLINE void load_chunk(const uint16_t* p, vec16& a, vec16& b) {
   std::memcpy(&b, &hi, sizeof(b));
 }
 
-// Position, within its chunk, of element e (< 32) of a chunk loaded as above.
+// Where element e of a head row sits in chunk order (D32: the elements in
+// whole chunks; those past them stay in place).
 template <typename T>
-constexpr int64_t chunk_slot(int64_t e) {
-  return sizeof(T) == 4 ? e : (e % 2) * 16 + e / 2;
+constexpr int64_t chunk_pos(int64_t e, int64_t D32) {
+  if (e >= D32) return e;
+  const int64_t i = e % 32;
+  return e - i + (sizeof(T) == 4 ? i : (i % 2) * 16 + i / 2);
 }
 
 // s[:n] = softmax(s[:n]) in place.
@@ -142,8 +145,8 @@ REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, i
 // scores_rows with vdpbf16ps: q rows in bfloat16 (element order, row stride
 // D), each lane summing a pair of products; the sums times scale.
 template <int M>
-REAL_EXT_DECODE_DOT_TARGET REAL_EXT_INLINE void scores_rows_dot(const uint16_t* q, const uint16_t* const* k, int64_t n, int64_t D, float scale,
-                                     float* scores, int64_t L) {
+REAL_EXT_DECODE_DOT_TARGET REAL_EXT_INLINE void scores_rows_dot(const uint16_t* q, const uint16_t* const* k, int64_t n,
+                                                                int64_t D, float scale, float* scores, int64_t L) {
   const int64_t D32 = D / 32 * 32;
   vec16 part[M][16];
   for (int64_t t = 0; t < 16; ++t) {
@@ -152,7 +155,8 @@ REAL_EXT_DECODE_DOT_TARGET REAL_EXT_INLINE void scores_rows_dot(const uint16_t* 
     if (t < n) {
       for (int64_t d = 0; d < D32; d += 32) {
         const __m512bh kd = (__m512bh)_mm512_loadu_si512(k[t] + d);
-        for (int r = 0; r < M; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(q + r * D + d), kd);
+        for (int r = 0; r < M; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(q + r * D + d), kd);
       }
     }
     for (int r = 0; r < M; ++r) std::memcpy(&part[r][t], &acc[r], sizeof(vec16));
@@ -183,46 +187,37 @@ REAL_EXT_DECODE_DOT_TARGET void scores_head_dot(const uint16_t* q, const uint16_
 }
 #endif
 
-// acc[r] += sum_t p[r * L + t] v[t] for M q rows (one kv head) and n tokens,
-// acc in chunk order (row stride D). Two chunks at a time: M x 4 vectors of
-// accumulators stay in registers across the n tokens; each V chunk is loaded
-// (and widened) once for the M rows.
+// acc[r] += sum_t p[r * L + t] v[t] for M q rows (one kv head), n tokens
+// and the C chunks of the rows from element d, acc in chunk order (row stride
+// D): M x 2C vectors of accumulators stay in registers across the n tokens;
+// each V chunk is loaded (and widened) once for the M rows.
+template <int M, int C, typename T>
+REAL_EXT_INLINE void accumulate_chunks(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D, int64_t d,
+                                       float* acc) {
+  vec16 o[M][2 * C];
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < 2 * C; ++c) o[r][c] = load16(acc + r * D + d + 16 * c);
+  for (int64_t t = 0; t < n; ++t) {
+    vec16 va[2 * C];
+    for (int c = 0; c < C; ++c) load_chunk(v[t] + d + 32 * c, va[2 * c], va[2 * c + 1]);
+    for (int r = 0; r < M; ++r) {
+      const float w = p[r * L + t];
+      for (int c = 0; c < 2 * C; ++c) o[r][c] += w * va[c];
+    }
+  }
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < 2 * C; ++c) store16(acc + r * D + d + 16 * c, o[r][c]);
+}
+
+// The same over whole rows: two chunks at a time, then one, then the
+// elements past the last whole chunk one at a time.
 template <int M, typename T>
 REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D,
                                      float* acc) {
   const int64_t D32 = D / 32 * 32;
   int64_t d = 0;
-  for (; d + 64 <= D32; d += 64) {
-    vec16 o[M][4];
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < 4; ++c) o[r][c] = load16(acc + r * D + d + 16 * c);
-    for (int64_t t = 0; t < n; ++t) {
-      vec16 va[4];
-      load_chunk(v[t] + d, va[0], va[1]);
-      load_chunk(v[t] + d + 32, va[2], va[3]);
-      for (int r = 0; r < M; ++r) {
-        const float w = p[r * L + t];
-        for (int c = 0; c < 4; ++c) o[r][c] += w * va[c];
-      }
-    }
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < 4; ++c) store16(acc + r * D + d + 16 * c, o[r][c]);
-  }
-  if (d < D32) {  // one chunk left
-    vec16 o[M][2];
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < 2; ++c) o[r][c] = load16(acc + r * D + d + 16 * c);
-    for (int64_t t = 0; t < n; ++t) {
-      vec16 va[2];
-      load_chunk(v[t] + d, va[0], va[1]);
-      for (int r = 0; r < M; ++r) {
-        const float w = p[r * L + t];
-        for (int c = 0; c < 2; ++c) o[r][c] += w * va[c];
-      }
-    }
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < 2; ++c) store16(acc + r * D + d + 16 * c, o[r][c]);
-  }
+  for (; d + 64 <= D32; d += 64) accumulate_chunks<M, 2>(p, L, v, n, D, d, acc);
+  if (d < D32) accumulate_chunks<M, 1>(p, L, v, n, D, d, acc);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t e = D32; e < D; ++e) {
       const float ve = load(v[t], e);
@@ -279,11 +274,10 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
   for (int64_t i = 0; i < nq; ++i) {
     const T* src = q_in + b * x.q_stride_b + (h0 * G + i) * x.q_stride_h;
     for (int64_t e = 0; e < D; ++e) {
-      const int64_t at = e < D32 ? e / 32 * 32 + chunk_slot<T>(e % 32) : e;
       if constexpr (kDot)
         q_dot[i * D + e] = src[e * x.q_stride_d];
       else
-        q[i * D + at] = load(src, e * x.q_stride_d) * x.scale;
+        q[i * D + chunk_pos<T>(e, D32)] = load(src, e * x.q_stride_d) * x.scale;
     }
   }
   std::fill(acc, acc + nq * D, 0.f);
@@ -326,10 +320,7 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
   // The output rows back in element order, in the output's type.
   T* dst = out + (b * x.heads_q + h0 * G) * D;
   for (int64_t i = 0; i < nq; ++i)
-    for (int64_t e = 0; e < D; ++e) {
-      const int64_t at = e < D32 ? e / 32 * 32 + chunk_slot<T>(e % 32) : e;
-      store(dst, i * D + e, acc[i * D + at]);
-    }
+    for (int64_t e = 0; e < D; ++e) store(dst, i * D + e, acc[i * D + chunk_pos<T>(e, D32)]);
 }
 
 REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const float* q, float* out, const float* k_cache,

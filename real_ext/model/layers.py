@@ -169,10 +169,11 @@ class Attention(nn.Module):
         self.v_proj = Linear(kv_heads * config.head_dim, config.hidden_size, config.qkv_bias)
         self.o_proj = Linear(config.hidden_size, heads * config.head_dim, config.o_bias)
 
-    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group, last_only: bool = False) -> torch.Tensor:
-        """Attention over the packed batch; last_only: the output of each
-        sequence's last token only (keys and values of all of them still
-        reach the cache)."""
+    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group,
+                last_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention over the packed batch; last_rows (each sequence's last
+        token): the output of those rows only (keys and values of all of them
+        still reach the cache)."""
         x = copy_to_tp(x, tp_group)
         t = x.shape[0]
         q, k, v = grouped_linear(x, self, (self.q_proj, self.k_proj, self.v_proj))
@@ -189,11 +190,10 @@ class Attention(nn.Module):
         if cache is not None and cache.decode:  # one new token per sequence, over its cache
             out = ops.decode_attention(q, k_pool, v_pool, cache.block_tables, cache.seq_lens, cache.block_size,
                                        softmax_scale=scale, check_ids=cache.check_ids)
-        elif last_only:  # one query per sequence: causal alignment lets it see all its keys
-            ends = info.cu_seqlens[1:].long() - 1
-            t = ends.numel()
+        elif last_rows is not None:  # one query per sequence: causal alignment lets it see all its keys
+            t = last_rows.numel()
             cu_q = torch.arange(t + 1, dtype=info.cu_seqlens.dtype, device=x.device)
-            out = ops.varlen_attention(q.index_select(0, ends), k, v, cu_q, info.cu_seqlens, 1, info.max_len,
+            out = ops.varlen_attention(q.index_select(0, last_rows), k, v, cu_q, info.cu_seqlens, 1, info.max_len,
                                        causal=True, softmax_scale=scale)
         else:
             if info.kv_index is not None:  # shared prefixes: each segment's keys, [prefix, own tokens]
@@ -243,10 +243,11 @@ class Block(nn.Module):
         self.post_attention_layernorm = Norm(config)
         self.mlp = MLP(config, intermediate)
 
-    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group, last_only: bool = False) -> torch.Tensor:
-        """last_only: the output rows of each sequence's last token only."""
-        attn = self.self_attn(self.input_layernorm(x), info, tp_group, last_only)
-        if last_only:
-            x = x.index_select(0, info.cu_seqlens[1:].long() - 1)
+    def forward(self, x: torch.Tensor, info: PackedInfo, tp_group,
+                last_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """last_rows (each sequence's last token): the output of those rows only."""
+        attn = self.self_attn(self.input_layernorm(x), info, tp_group, last_rows)
+        if last_rows is not None:
+            x = x.index_select(0, last_rows)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x), tp_group)

@@ -212,9 +212,10 @@ class ReaLModel(nn.Module):
         for i, block in enumerate(blocks):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, info, self.tp_group, use_reentrant=False)
+            elif info.last_only and self.is_last_stage and i == len(blocks) - 1:
+                x = block(x, info, self.tp_group, info.cu_seqlens[1:].long() - 1)
             else:
-                last_only = info.last_only and self.is_last_stage and i == len(blocks) - 1
-                x = block(x, info, self.tp_group, last_only)
+                x = block(x, info, self.tp_group)
         return x
 
     def final_hidden(self, x: torch.Tensor) -> torch.Tensor:
