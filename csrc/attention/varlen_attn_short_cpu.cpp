@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "attention/attn_cpu_rows.h"
@@ -24,59 +25,103 @@
 namespace real_ext {
 namespace {
 
-constexpr int64_t kLanes = 16;  // floats per vec16
+constexpr int64_t kLanes = 16;  // floats per vec16: tiles are padded to multiples of it
 constexpr int64_t kRows = 4;    // rows per register block
-constexpr int kMaxVecs = 4;     // vec16 columns per register block
+
+// Register blocking of the products (kRows rows x up to kVecs vectors of
+// accumulators): with AVX-512 (wide_vectors()) 4 x 4 vec16 of its 32 zmm;
+// with AVX2, 4 x 2 vectors of 8 floats (one ymm each) of its 16. vec16 blocks
+// there spill (two ymm per vector) and ran the products at ~4 GFLOP/s on a
+// Zen 3.
+typedef float vec8 __attribute__((vector_size(32)));
+struct WideBlocks {
+  using Vec = vec16;
+  static constexpr int kVecs = 4;
+};
+struct NarrowBlocks {
+  using Vec = vec8;
+  static constexpr int kVecs = 2;
+};
+template <typename Vec>
+constexpr int64_t kVecLanes = sizeof(Vec) / sizeof(float);
+template <typename Vec>
+REAL_EXT_INLINE Vec load_vec(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename Vec>
+REAL_EXT_INLINE void store_vec(float* p, Vec v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
 REAL_EXT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ------------------------------------------------ register-blocked products
 
-// C[r, 0:16 NB] = sum_d X[r, d] Yt[d, 0:16 NB] for kRows rows.
-template <int NB>
+// fn(std::integral_constant<int, NB>) for NB = nb in 1..kVecs of blocking B.
+template <int N>
+using Vecs = std::integral_constant<int, N>;
+template <typename B, typename Fn>
+REAL_EXT_INLINE void with_vecs(int64_t nb, const Fn& fn) {
+  if constexpr (B::kVecs > 2) {
+    switch (nb) {
+      case 1: return fn(Vecs<1>{});
+      case 2: return fn(Vecs<2>{});
+      case 3: return fn(Vecs<3>{});
+      default: return fn(Vecs<B::kVecs>{});
+    }
+  } else {
+    if (nb == 1) return fn(Vecs<1>{});
+    return fn(Vecs<B::kVecs>{});
+  }
+}
+
+// C[r, 0:NB lanes] = sum_d X[r, d] Yt[d, 0:NB lanes] for kRows rows.
+template <typename Vec, int NB>
 REAL_EXT_INLINE void block_x_yt(const float* X, int64_t ldx, const float* Yt, int64_t ldy, int64_t depth, float* C,
                                 int64_t ldc) {
-  vec16 acc[kRows][NB] = {};
+  constexpr int64_t lanes = kVecLanes<Vec>;
+  Vec acc[kRows][NB] = {};
   for (int64_t d = 0; d < depth; ++d) {
-    vec16 y[NB];
-    for (int b = 0; b < NB; ++b) y[b] = load16(Yt + d * ldy + kLanes * b);
+    Vec y[NB];
+    for (int b = 0; b < NB; ++b) y[b] = load_vec<Vec>(Yt + d * ldy + lanes * b);
     for (int r = 0; r < kRows; ++r) {
       const float x = X[r * ldx + d];
       for (int b = 0; b < NB; ++b) acc[r][b] += x * y[b];
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int b = 0; b < NB; ++b) store16(C + r * ldc + kLanes * b, acc[r][b]);
+    for (int b = 0; b < NB; ++b) store_vec(C + r * ldc + lanes * b, acc[r][b]);
 }
 
 // C = X Yt on rows [0, rows) (a multiple of kRows); a block of rows needs only
 // the columns its rows see (cnt), rounded up to whole vectors.
+template <typename B>
 REAL_EXT_INLINE void x_yt(const float* X, int64_t ldx, int64_t rows, const float* Yt, int64_t ldy, int64_t depth,
                           const int64_t* cnt, float* C, int64_t ldc) {
+  using Vec = typename B::Vec;
+  constexpr int64_t lanes = kVecLanes<Vec>;
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
     const int64_t n = *std::max_element(cnt + r0, cnt + r0 + kRows);
-    for (int64_t c0 = 0; c0 < n; c0 += kMaxVecs * kLanes) {
-      const int64_t vecs = std::min<int64_t>(kMaxVecs, (n - c0 + kLanes - 1) / kLanes);
+    for (int64_t c0 = 0; c0 < n; c0 += B::kVecs * lanes) {
       const float* x = X + r0 * ldx;
       float* c = C + r0 * ldc + c0;
-      switch (vecs) {
-        case 1: block_x_yt<1>(x, ldx, Yt + c0, ldy, depth, c, ldc); break;
-        case 2: block_x_yt<2>(x, ldx, Yt + c0, ldy, depth, c, ldc); break;
-        case 3: block_x_yt<3>(x, ldx, Yt + c0, ldy, depth, c, ldc); break;
-        default: block_x_yt<4>(x, ldx, Yt + c0, ldy, depth, c, ldc); break;
-      }
+      with_vecs<B>((n - c0 + lanes - 1) / lanes,
+                   [&](auto nb) { block_x_yt<Vec, nb.value>(x, ldx, Yt + c0, ldy, depth, c, ldc); });
     }
   }
 }
 
-// C[r, 0:16 NA] (+)= sum_{j < n} A[r, j] Y[j, 0:16 NA] for kRows rows.
-template <int NA, bool kAccumulate>
+// C[r, 0:NA lanes] (+)= sum_{j < n} A[r, j] Y[j, 0:NA lanes] for kRows rows.
+template <typename Vec, int NA, bool kAccumulate>
 REAL_EXT_INLINE void block_a_y(const float* A, int64_t lda, const float* Y, int64_t ldy, int64_t n, float* C,
                                int64_t ldc) {
-  vec16 acc[kRows][NA] = {};
+  constexpr int64_t lanes = kVecLanes<Vec>;
+  Vec acc[kRows][NA] = {};
   for (int64_t j = 0; j < n; ++j) {
-    vec16 y[NA];
-    for (int a = 0; a < NA; ++a) y[a] = load16(Y + j * ldy + kLanes * a);
+    Vec y[NA];
+    for (int a = 0; a < NA; ++a) y[a] = load_vec<Vec>(Y + j * ldy + lanes * a);
     for (int r = 0; r < kRows; ++r) {
       const float w = A[r * lda + j];
       for (int a = 0; a < NA; ++a) acc[r][a] += w * y[a];
@@ -84,46 +129,38 @@ REAL_EXT_INLINE void block_a_y(const float* A, int64_t lda, const float* Y, int6
   }
   for (int r = 0; r < kRows; ++r)
     for (int a = 0; a < NA; ++a) {
-      float* c = C + r * ldc + kLanes * a;
-      store16(c, kAccumulate ? load16(c) + acc[r][a] : acc[r][a]);
+      float* c = C + r * ldc + lanes * a;
+      store_vec(c, kAccumulate ? load_vec<Vec>(c) + acc[r][a] : acc[r][a]);
     }
-}
-
-template <bool kAccumulate>
-REAL_EXT_INLINE void block_a_y_cols(const float* A, int64_t lda, const float* Y, int64_t ldy, int64_t n, int64_t D,
-                                    float* C, int64_t ldc) {
-  for (int64_t d0 = 0; d0 < D; d0 += kMaxVecs * kLanes) {
-    const float* y = Y + d0;
-    float* c = C + d0;
-    switch (std::min<int64_t>(kMaxVecs, (D - d0) / kLanes)) {
-      case 1: block_a_y<1, kAccumulate>(A, lda, y, ldy, n, c, ldc); break;
-      case 2: block_a_y<2, kAccumulate>(A, lda, y, ldy, n, c, ldc); break;
-      case 3: block_a_y<3, kAccumulate>(A, lda, y, ldy, n, c, ldc); break;
-      default: block_a_y<4, kAccumulate>(A, lda, y, ldy, n, c, ldc); break;
-    }
-  }
 }
 
 // C = A Y on rows [0, rows) (a multiple of kRows): a block of rows sums over
 // the columns of A its rows see (cnt; A is 0 past each row's count).
+template <typename B>
 REAL_EXT_INLINE void a_y(const float* A, int64_t lda, int64_t rows, const int64_t* cnt, const float* Y, int64_t ldy,
                          int64_t D, float* C, int64_t ldc) {
+  using Vec = typename B::Vec;
+  constexpr int64_t lanes = kVecLanes<Vec>;
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
     const int64_t n = *std::max_element(cnt + r0, cnt + r0 + kRows);
-    block_a_y_cols<false>(A + r0 * lda, lda, Y, ldy, n, D, C + r0 * ldc, ldc);
+    for (int64_t d0 = 0; d0 < D; d0 += B::kVecs * lanes)
+      with_vecs<B>(std::min<int64_t>(B::kVecs, (D - d0) / lanes), [&](auto na) {
+        block_a_y<Vec, na.value, false>(A + r0 * lda, lda, Y + d0, ldy, n, C + r0 * ldc + d0, ldc);
+      });
   }
 }
 
 // C[j, :] += sum_{i in [first(j0), rows_a)} A[i, j] Y[i, :] for the kRows
 // columns j of A from j0, i.e. C += A^T Y, with A^T's rows read as columns
 // (A is 0 where a query does not see a key, so rows before first are skipped).
-template <int NA>
+template <typename Vec, int NA>
 REAL_EXT_INLINE void block_at_y(const float* A, int64_t lda, int64_t i0, int64_t i1, const float* Y, int64_t ldy,
                                 float* C, int64_t ldc) {
-  vec16 acc[kRows][NA] = {};
+  constexpr int64_t lanes = kVecLanes<Vec>;
+  Vec acc[kRows][NA] = {};
   for (int64_t i = i0; i < i1; ++i) {
-    vec16 y[NA];
-    for (int a = 0; a < NA; ++a) y[a] = load16(Y + i * ldy + kLanes * a);
+    Vec y[NA];
+    for (int a = 0; a < NA; ++a) y[a] = load_vec<Vec>(Y + i * ldy + lanes * a);
     for (int r = 0; r < kRows; ++r) {
       const float w = A[i * lda + r];
       for (int a = 0; a < NA; ++a) acc[r][a] += w * y[a];
@@ -131,29 +168,24 @@ REAL_EXT_INLINE void block_at_y(const float* A, int64_t lda, int64_t i0, int64_t
   }
   for (int r = 0; r < kRows; ++r)
     for (int a = 0; a < NA; ++a) {
-      float* c = C + r * ldc + kLanes * a;
-      store16(c, load16(c) + acc[r][a]);
+      float* c = C + r * ldc + lanes * a;
+      store_vec(c, load_vec<Vec>(c) + acc[r][a]);
     }
 }
 
 // C[0:cols, :] += A^T Y, A (rows_a x cols), Y (rows_a x D); first_row(j0) is
 // the first row of A not 0 in columns j0...
-template <typename First>
+template <typename B, typename First>
 REAL_EXT_INLINE void at_y(const float* A, int64_t lda, int64_t rows_a, int64_t cols, const First& first_row,
                           const float* Y, int64_t ldy, int64_t D, float* C, int64_t ldc) {
+  using Vec = typename B::Vec;
+  constexpr int64_t lanes = kVecLanes<Vec>;
   for (int64_t j0 = 0; j0 < cols; j0 += kRows) {
     const int64_t i0 = first_row(j0);
-    for (int64_t d0 = 0; d0 < D; d0 += kMaxVecs * kLanes) {
-      const float* a = A + j0;
-      const float* y = Y + d0;
-      float* c = C + j0 * ldc + d0;
-      switch (std::min<int64_t>(kMaxVecs, (D - d0) / kLanes)) {
-        case 1: block_at_y<1>(a, lda, i0, rows_a, y, ldy, c, ldc); break;
-        case 2: block_at_y<2>(a, lda, i0, rows_a, y, ldy, c, ldc); break;
-        case 3: block_at_y<3>(a, lda, i0, rows_a, y, ldy, c, ldc); break;
-        default: block_at_y<4>(a, lda, i0, rows_a, y, ldy, c, ldc); break;
-      }
-    }
+    for (int64_t d0 = 0; d0 < D; d0 += B::kVecs * lanes)
+      with_vecs<B>(std::min<int64_t>(B::kVecs, (D - d0) / lanes), [&](auto na) {
+        block_at_y<Vec, na.value>(A + j0, lda, i0, rows_a, Y + d0, ldy, C + j0 * ldc + d0, ldc);
+      });
   }
 }
 
@@ -231,7 +263,7 @@ struct FwdArgs {
   float* lse;
 };
 
-template <typename T>
+template <typename B, typename T>
 REAL_EXT_INLINE void fwd_item_t(const SeqView& sv, int64_t g, const FwdArgs<T>& x, std::vector<float>& scratch) {
   const int64_t group = x.group, D = x.D;
   const bool causal = x.causal;
@@ -251,11 +283,11 @@ REAL_EXT_INLINE void fwd_item_t(const SeqView& sv, int64_t g, const FwdArgs<T>& 
   load_rows(x.v.at(sv.k0, g, D), x.v.ld, sv.lk, sv.lk, D, 1.f, V);
   for (int64_t h = g * group; h < (g + 1) * group; ++h) {
     load_rows(x.q.at(sv.q0, h, D), x.q.ld, sv.lq, lq4, D, x.scale, Q);
-    x_yt(Q, D, lq4, Kt, lk16, D, cnt, S, lk16);
+    x_yt<B>(Q, D, lq4, Kt, lk16, D, cnt, S, lk16);
     std::fill(m, m + lq4, neg_inf<float>());
     std::fill(l, l + lq4, 0.f);
     softmax_tile_update_t(S, lq4, lk16, lk16, cnt, m, l, alpha);
-    a_y(S, lk16, lq4, cnt, V, D, D, O, D);
+    a_y<B>(S, lk16, lq4, cnt, V, D, D, O, D);
     float* lse_h = x.lse + h * x.total_q + sv.q0;
     for (int64_t i = 0; i < sv.lq; ++i) {
       const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
@@ -266,13 +298,14 @@ REAL_EXT_INLINE void fwd_item_t(const SeqView& sv, int64_t g, const FwdArgs<T>& 
   }
 }
 
-// The instances, compiled per ISA.
-REAL_EXT_CPU_CLONES void fwd_item(const SeqView& sv, int64_t g, const FwdArgs<float>& x, std::vector<float>& scratch) {
-  fwd_item_t(sv, g, x, scratch);
+// The instances, compiled per ISA; wide: wide_vectors().
+REAL_EXT_CPU_CLONES void fwd_item(const SeqView& sv, int64_t g, const FwdArgs<float>& x, std::vector<float>& scratch,
+                                  bool wide) {
+  wide ? fwd_item_t<WideBlocks>(sv, g, x, scratch) : fwd_item_t<NarrowBlocks>(sv, g, x, scratch);
 }
 REAL_EXT_CPU_CLONES void fwd_item(const SeqView& sv, int64_t g, const FwdArgs<uint16_t>& x,
-                                  std::vector<float>& scratch) {
-  fwd_item_t(sv, g, x, scratch);
+                                  std::vector<float>& scratch, bool wide) {
+  wide ? fwd_item_t<WideBlocks>(sv, g, x, scratch) : fwd_item_t<NarrowBlocks>(sv, g, x, scratch);
 }
 
 template <typename T>
@@ -283,9 +316,10 @@ void fwd_all(const VarlenAttnShape& s, const at::Tensor& q, const at::Tensor& k,
   const std::vector<Item> items = items_by_cost(seqs, s.heads_kv, group);
   const FwdArgs<T> x{group, D, s.total_q, scale, causal, in_mat<T>(q), in_mat<T>(k), in_mat<T>(v), out_mat<T>(out),
                      lse.data_ptr<float>()};
+  const bool wide = wide_vectors();
   run_items_dynamic(static_cast<int64_t>(items.size()), [&](int64_t i) {
     thread_local std::vector<float> scratch;
-    fwd_item(seqs[items[i].b], items[i].g, x, scratch);
+    fwd_item(seqs[items[i].b], items[i].g, x, scratch, wide);
   });
 }
 
@@ -301,7 +335,7 @@ struct BwdArgs {
   Mat<T> dq, dk, dv;
 };
 
-template <typename T>
+template <typename B, typename T>
 REAL_EXT_INLINE void bwd_item_t(const SeqView& sv, int64_t g, const BwdArgs<T>& x, std::vector<float>& scratch) {
   const int64_t group = x.group, D = x.D;
   const bool causal = x.causal;
@@ -329,10 +363,10 @@ REAL_EXT_INLINE void bwd_item_t(const SeqView& sv, int64_t g, const BwdArgs<T>& 
     const float* lse_h = x.lse + h * x.total_q + sv.q0;
     load_rows(x.q.at(sv.q0, h, D), x.q.ld, sv.lq, lq4, D, x.scale, Q);
     load_rows(x.dout.at(sv.q0, h, D), x.dout.ld, sv.lq, lq4, D, 1.f, dO);
-    x_yt(Q, D, lq4, Kt, lk16, D, cnt, P, lk16);
+    x_yt<B>(Q, D, lq4, Kt, lk16, D, cnt, P, lk16);
     probs_from_lse_t(P, sv.lq, lk16, lk16, cnt, lse_h);
     std::fill(P + sv.lq * lk16, P + lq4 * lk16, 0.f);
-    x_yt(dO, D, lq4, Vt, lk16, D, cnt, dS, lk16);
+    x_yt<B>(dO, D, lq4, Vt, lk16, D, cnt, dS, lk16);
     for (int64_t i = 0; i < lq4; ++i) {
       float* p = P + i * lk16;
       float* ds = dS + i * lk16;
@@ -343,9 +377,9 @@ REAL_EXT_INLINE void bwd_item_t(const SeqView& sv, int64_t g, const BwdArgs<T>& 
       std::fill(ds + c, ds + lk16, 0.f);
     }
     const int64_t lk4 = round_up(sv.lk, kRows);
-    at_y(P, lk16, sv.lq, lk4, first_query, dO, D, D, dV, D);
-    at_y(dS, lk16, sv.lq, lk4, first_query, Q, D, D, dK, D);
-    a_y(dS, lk16, lq4, cnt, K, D, D, dQ, D);
+    at_y<B>(P, lk16, sv.lq, lk4, first_query, dO, D, D, dV, D);
+    at_y<B>(dS, lk16, sv.lq, lk4, first_query, Q, D, D, dK, D);
+    a_y<B>(dS, lk16, lq4, cnt, K, D, D, dQ, D);
     for (int64_t i = 0; i < sv.lq; ++i)
       for (int64_t d = 0; d < D; d += kLanes) store16(dQ + i * D + d, load16(dQ + i * D + d) * x.scale);
     store_rows(dQ, sv.lq, D, x.dq.at(sv.q0, h, D), x.dq.ld);
@@ -354,12 +388,13 @@ REAL_EXT_INLINE void bwd_item_t(const SeqView& sv, int64_t g, const BwdArgs<T>& 
   store_rows(dV, sv.lk, D, x.dv.at(sv.k0, g, D), x.dv.ld);
 }
 
-REAL_EXT_CPU_CLONES void bwd_item(const SeqView& sv, int64_t g, const BwdArgs<float>& x, std::vector<float>& scratch) {
-  bwd_item_t(sv, g, x, scratch);
+REAL_EXT_CPU_CLONES void bwd_item(const SeqView& sv, int64_t g, const BwdArgs<float>& x, std::vector<float>& scratch,
+                                  bool wide) {
+  wide ? bwd_item_t<WideBlocks>(sv, g, x, scratch) : bwd_item_t<NarrowBlocks>(sv, g, x, scratch);
 }
 REAL_EXT_CPU_CLONES void bwd_item(const SeqView& sv, int64_t g, const BwdArgs<uint16_t>& x,
-                                  std::vector<float>& scratch) {
-  bwd_item_t(sv, g, x, scratch);
+                                  std::vector<float>& scratch, bool wide) {
+  wide ? bwd_item_t<WideBlocks>(sv, g, x, scratch) : bwd_item_t<NarrowBlocks>(sv, g, x, scratch);
 }
 
 template <typename T>
@@ -373,9 +408,10 @@ void bwd_all(const VarlenAttnShape& s, const at::Tensor& dout, const at::Tensor&
                      causal,          in_mat<T>(q), in_mat<T>(k),      in_mat<T>(v),
                      in_mat<T>(dout), lse.data_ptr<float>(), out_mat<T>(dq), out_mat<T>(dk),
                      out_mat<T>(dv)};
+  const bool wide = wide_vectors();
   run_items_dynamic(static_cast<int64_t>(items.size()), [&](int64_t i) {
     thread_local std::vector<float> scratch;
-    bwd_item(seqs[items[i].b], items[i].g, x, scratch);
+    bwd_item(seqs[items[i].b], items[i].g, x, scratch, wide);
   });
 }
 

@@ -18,6 +18,17 @@
 // compiled for its ISA (an out-of-line call runs the baseline code).
 #define REAL_EXT_INLINE inline __attribute__((always_inline))
 
+namespace real_ext {
+// True where the CPU has AVX-512 (the x86-64-v4 clone runs): 32 registers of
+// 16 floats. Register-blocked kernels hold up to 4 x 4 vec16 accumulators
+// there; with AVX2's 16 registers of 8 floats a vec16 takes two and such a
+// block spills (on a Zen 3: prefill attention 8.6x, decode attention 2.4x
+// slower than with blocks of 8-float vectors), so they pick a narrower
+// block of such vectors when this is false. One decision per process
+// (REAL_EXT_VECTOR_BLOCKING=wide|narrow overrides it).
+bool wide_vectors();
+}  // namespace real_ext
+
 // Fortran BLAS symbol exported by libtorch_cpu (MKL on x86-64 wheels, OpenBLAS
 // elsewhere). ATen's float cpublas::gemm wraps the same call but is not exported.
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,

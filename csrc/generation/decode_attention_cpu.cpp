@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -76,17 +77,77 @@ REAL_EXT_INLINE void prefetch_stream(const T* k_cache, const T* v_cache, const i
   if (u1 > L) prefetch_rows(v_cache, rows, std::max(u0, L) - L, u1 - L, span);
 }
 
-// One chunk of 32 cache elements as (a, b); see the file comment.
-REAL_EXT_INLINE void load_chunk(const float* p, vec16& a, vec16& b) {
-  a = load16(p);
-  b = load16(p + 16);
+// Register blocking: with AVX-512 (wide_vectors()) vectors of 16 floats, up
+// to 4 q rows x 2 chunks of value accumulators (16 of its 32 zmm); with AVX2,
+// vectors of 8 floats (one ymm each), 2 rows x 1 chunk (8 of its 16 ymm).
+// vec16 code on AVX2 (two ymm per vector) spilled, and ran at ~4 GB/s of
+// cache on a Zen 3. A chunk's (a, b) are the same 32 floats in either case,
+// two vec16 or four vec8 (a's halves, then b's).
+typedef float vec8 __attribute__((vector_size(32)));
+typedef uint32_t vec8u __attribute__((vector_size(32)));
+struct WideBlocks {
+  using Vec = vec16;
+  static constexpr int kRows = 4, kChunks = 2;
+};
+struct NarrowBlocks {
+  using Vec = vec8;
+  static constexpr int kRows = 2, kChunks = 1;
+};
+template <typename Vec>
+constexpr int kLanes = sizeof(Vec) / sizeof(float);
+template <typename Vec>
+constexpr int kPerChunk = 32 / kLanes<Vec>;  // vectors per chunk
+template <typename Vec>
+REAL_EXT_INLINE Vec load_vec(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
-REAL_EXT_INLINE void load_chunk(const uint16_t* p, vec16& a, vec16& b) {
-  vec16u bits;
-  std::memcpy(&bits, p, sizeof(bits));
-  const vec16u lo = bits << 16, hi = bits & 0xffff0000u;
-  std::memcpy(&a, &lo, sizeof(a));
-  std::memcpy(&b, &hi, sizeof(b));
+template <typename Vec>
+REAL_EXT_INLINE void store_vec(float* p, Vec v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// One chunk of 32 cache elements as kPerChunk vectors: a then b; see the file
+// comment.
+template <typename Vec>
+REAL_EXT_INLINE void load_chunk(const float* p, Vec* out) {
+  for (int i = 0; i < kPerChunk<Vec>; ++i) out[i] = load_vec<Vec>(p + kLanes<Vec> * i);
+}
+template <typename Vec>
+REAL_EXT_INLINE void load_chunk(const uint16_t* p, Vec* out) {
+  using Bits = std::conditional_t<sizeof(Vec) == 64, vec16u, vec8u>;
+  constexpr int half = kPerChunk<Vec> / 2;
+  for (int h = 0; h < half; ++h) {  // 2 * kLanes elements: their even ones (a), odd ones (b)
+    Bits bits;
+    std::memcpy(&bits, p + 2 * kLanes<Vec> * h, sizeof(bits));
+    const Bits lo = bits << 16, hi = bits & 0xffff0000u;
+    std::memcpy(&out[h], &lo, sizeof(Vec));
+    std::memcpy(&out[half + h], &hi, sizeof(Vec));
+  }
+}
+
+// Lanes 0..15: the lane sums of part[0..15].
+REAL_EXT_INLINE vec16 lane_sums(vec16* part) { return sum16x16(part); }
+REAL_EXT_INLINE vec16 lane_sums(vec8* part) {
+#if defined(__clang__)
+#define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+  typedef int32_t vec8i __attribute__((vector_size(32)));
+#define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, vec8i{__VA_ARGS__})
+#endif
+  vec16 out;
+  for (int half = 0; half < 2; ++half) {  // sum16x16's levels on 8 vectors of 8
+    vec8* v = part + 8 * half;
+    for (int n = 4; n >= 1; n /= 2)
+      for (int i = 0; i < n; ++i) {
+        const vec8 a = v[2 * i], b = v[2 * i + 1];
+        v[i] = REAL_EXT_SHUFFLE8(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + REAL_EXT_SHUFFLE8(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+      }
+    std::memcpy(reinterpret_cast<float*>(&out) + 8 * half, &v[0], sizeof(vec8));
+  }
+#undef REAL_EXT_SHUFFLE8
+  return out;
 }
 
 // Where element e of a head row sits in chunk order (D32: the elements in
@@ -109,21 +170,19 @@ REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
 // chunk is loaded (and widened) once for the M rows. q: the first of the M
 // rows in chunk order (row stride D); k[t]: token t's row of that kv head;
 // scores: the first row's scores of these tokens (row stride L).
-template <int M, typename T>
+template <typename Vec, int M, typename T>
 REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, int64_t D, float* scores,
                                  int64_t L) {
   const int64_t D32 = D / 32 * 32;
-  vec16 part[M][16];
+  Vec part[M][16];
   for (int64_t t = 0; t < 16; ++t) {
-    vec16 acc[M] = {};
+    Vec acc[M] = {};
     if (t < n) {
       for (int64_t d = 0; d < D32; d += 32) {
-        vec16 ka, kb;
-        load_chunk(k[t] + d, ka, kb);
-        for (int r = 0; r < M; ++r) {
-          acc[r] += load16(q + r * D + d) * ka;
-          acc[r] += load16(q + r * D + d + 16) * kb;
-        }
+        Vec kc[kPerChunk<Vec>];
+        load_chunk(k[t] + d, kc);
+        for (int r = 0; r < M; ++r)
+          for (int i = 0; i < kPerChunk<Vec>; ++i) acc[r] += load_vec<Vec>(q + r * D + d + kLanes<Vec> * i) * kc[i];
       }
       for (int64_t d = D32; d < D; ++d) {
         const float kd = load(k[t], d);
@@ -133,7 +192,7 @@ REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, i
     for (int r = 0; r < M; ++r) part[r][t] = acc[r];
   }
   for (int r = 0; r < M; ++r) {
-    const vec16 sums = sum16x16(part[r]);
+    const vec16 sums = lane_sums(part[r]);
     for (int64_t t = 0; t < n; ++t) scores[r * L + t] = sums[t];
   }
 }
@@ -191,33 +250,36 @@ REAL_EXT_DECODE_DOT_TARGET void scores_head_dot(const uint16_t* q, const uint16_
 // and the C chunks of the rows from element d, acc in chunk order (row stride
 // D): M x 2C vectors of accumulators stay in registers across the n tokens;
 // each V chunk is loaded (and widened) once for the M rows.
-template <int M, int C, typename T>
+template <typename Vec, int M, int C, typename T>
 REAL_EXT_INLINE void accumulate_chunks(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D, int64_t d,
                                        float* acc) {
-  vec16 o[M][2 * C];
+  constexpr int nv = kPerChunk<Vec> * C, lanes = kLanes<Vec>;
+  Vec o[M][nv];
   for (int r = 0; r < M; ++r)
-    for (int c = 0; c < 2 * C; ++c) o[r][c] = load16(acc + r * D + d + 16 * c);
+    for (int c = 0; c < nv; ++c) o[r][c] = load_vec<Vec>(acc + r * D + d + lanes * c);
   for (int64_t t = 0; t < n; ++t) {
-    vec16 va[2 * C];
-    for (int c = 0; c < C; ++c) load_chunk(v[t] + d + 32 * c, va[2 * c], va[2 * c + 1]);
+    Vec va[nv];
+    for (int c = 0; c < C; ++c) load_chunk(v[t] + d + 32 * c, va + kPerChunk<Vec> * c);
     for (int r = 0; r < M; ++r) {
       const float w = p[r * L + t];
-      for (int c = 0; c < 2 * C; ++c) o[r][c] += w * va[c];
+      for (int c = 0; c < nv; ++c) o[r][c] += w * va[c];
     }
   }
   for (int r = 0; r < M; ++r)
-    for (int c = 0; c < 2 * C; ++c) store16(acc + r * D + d + 16 * c, o[r][c]);
+    for (int c = 0; c < nv; ++c) store_vec(acc + r * D + d + lanes * c, o[r][c]);
 }
 
-// The same over whole rows: two chunks at a time, then one, then the
+// The same over whole rows: B::kChunks chunks at a time, then one, then the
 // elements past the last whole chunk one at a time.
-template <int M, typename T>
+template <typename B, int M, typename T>
 REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D,
                                      float* acc) {
+  using Vec = typename B::Vec;
   const int64_t D32 = D / 32 * 32;
   int64_t d = 0;
-  for (; d + 64 <= D32; d += 64) accumulate_chunks<M, 2>(p, L, v, n, D, d, acc);
-  if (d < D32) accumulate_chunks<M, 1>(p, L, v, n, D, d, acc);
+  if constexpr (B::kChunks >= 2)
+    for (; d + 64 <= D32; d += 64) accumulate_chunks<Vec, M, 2>(p, L, v, n, D, d, acc);
+  for (; d < D32; d += 32) accumulate_chunks<Vec, M, 1>(p, L, v, n, D, d, acc);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t e = D32; e < D; ++e) {
       const float ve = load(v[t], e);
@@ -227,32 +289,33 @@ REAL_EXT_INLINE void accumulate_rows(const float* p, int64_t L, const T* const* 
 
 // All G q rows of one kv head, four at a time (then 1..3). q, scores, p, acc:
 // the head's first row; the rest as above.
-template <typename T>
+template <typename B, typename T>
 REAL_EXT_INLINE void scores_head(const float* q, const T* const* k, int64_t n, int64_t D, int64_t G, float* scores,
                                  int64_t L) {
+  using Vec = typename B::Vec;
   for (int64_t g = 0; g < G; g += 4) {
     const float* qg = q + g * D;
     float* sg = scores + g * L;
     switch (std::min<int64_t>(4, G - g)) {
-      case 4: scores_rows<4>(qg, k, n, D, sg, L); break;
-      case 3: scores_rows<3>(qg, k, n, D, sg, L); break;
-      case 2: scores_rows<2>(qg, k, n, D, sg, L); break;
-      default: scores_rows<1>(qg, k, n, D, sg, L); break;
+      case 4: scores_rows<Vec, 4>(qg, k, n, D, sg, L); break;
+      case 3: scores_rows<Vec, 3>(qg, k, n, D, sg, L); break;
+      case 2: scores_rows<Vec, 2>(qg, k, n, D, sg, L); break;
+      default: scores_rows<Vec, 1>(qg, k, n, D, sg, L); break;
     }
   }
 }
 
-template <typename T>
+template <typename B, typename T>
 REAL_EXT_INLINE void accumulate_head(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D, int64_t G,
                                      float* acc) {
-  for (int64_t g = 0; g < G; g += 4) {
+  for (int64_t g = 0; g < G; g += B::kRows) {
     const float* pg = p + g * L;
     float* ag = acc + g * D;
-    switch (std::min<int64_t>(4, G - g)) {
-      case 4: accumulate_rows<4>(pg, L, v, n, D, ag); break;
-      case 3: accumulate_rows<3>(pg, L, v, n, D, ag); break;
-      case 2: accumulate_rows<2>(pg, L, v, n, D, ag); break;
-      default: accumulate_rows<1>(pg, L, v, n, D, ag); break;
+    switch (std::min<int64_t>(B::kRows, G - g)) {
+      case 4: accumulate_rows<B, 4>(pg, L, v, n, D, ag); break;  // (wide only: min(kRows, ...))
+      case 3: accumulate_rows<B, 3>(pg, L, v, n, D, ag); break;
+      case 2: accumulate_rows<B, 2>(pg, L, v, n, D, ag); break;
+      default: accumulate_rows<B, 1>(pg, L, v, n, D, ag); break;
     }
   }
 }
@@ -260,7 +323,7 @@ REAL_EXT_INLINE void accumulate_head(const float* p, int64_t L, const T* const* 
 // Sequence b, kv heads [h0, h0 + nh): the q heads [h0 * G, (h0 + nh) * G).
 // work: per-thread floats (q rows and accumulators of the item in chunk
 // order, then nh * G * seq_len scores); rows: seq_len offsets.
-template <bool kDot, typename T>
+template <typename B, bool kDot, typename T>
 REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, const T* k_cache, const T* v_cache,
                                    int64_t b, int64_t h0, int64_t nh, float* work, int64_t* rows) {
   const int64_t D = x.head_dim, G = x.heads_q / x.heads_kv, L = x.seq_lens[b], bs = x.block_size;
@@ -302,7 +365,7 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
         continue;
       }
 #endif
-      scores_head(q + h * G * D, k, n, D, G, scores + h * G * L + j0, L);
+      scores_head<B>(q + h * G * D, k, n, D, G, scores + h * G * L + j0, L);
     }
   }
   // Pass 2.
@@ -314,7 +377,7 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
       prefetch_stream(k_cache, v_cache, rows, L, ahead + h * 16 / nh, ahead + (h + 1) * 16 / nh, span);
       const T* v[16];
       for (int64_t t = 0; t < n; ++t) v[t] = v_cache + rows[j0 + t] + h * D;
-      accumulate_head(scores + h * G * L + j0, L, v, n, D, G, acc + h * G * D);
+      accumulate_head<B>(scores + h * G * L + j0, L, v, n, D, G, acc + h * G * D);
     }
   }
   // The output rows back in element order, in the output's type.
@@ -323,18 +386,21 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
     for (int64_t e = 0; e < D; ++e) store(dst, i * D + e, acc[i * D + chunk_pos<T>(e, D32)]);
 }
 
+// wide: wide_vectors(); dot: vdpbf16ps scores (bfloat16 on AVX512-BF16).
 REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const float* q, float* out, const float* k_cache,
                                      const float* v_cache, int64_t b, int64_t h0, int64_t nh, float* work,
-                                     int64_t* rows, bool /*dot: bfloat16 only*/) {
-  decode_item_t<false>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
+                                     int64_t* rows, bool wide, bool /*dot: bfloat16 only*/) {
+  if (wide) return decode_item_t<WideBlocks, false>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
+  decode_item_t<NarrowBlocks, false>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
 }
 REAL_EXT_CPU_CLONES void decode_item(const DecodeView& x, const uint16_t* q, uint16_t* out, const uint16_t* k_cache,
                                      const uint16_t* v_cache, int64_t b, int64_t h0, int64_t nh, float* work,
-                                     int64_t* rows, bool dot) {
+                                     int64_t* rows, bool wide, bool dot) {
 #ifdef REAL_EXT_HAS_DECODE_DOT
-  if (dot) return decode_item_t<true>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
+  if (dot) return decode_item_t<WideBlocks, true>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
 #endif
-  decode_item_t<false>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
+  if (wide) return decode_item_t<WideBlocks, false>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
+  decode_item_t<NarrowBlocks, false>(x, q, out, k_cache, v_cache, b, h0, nh, work, rows);
 }
 
 // Items (sequence, range of kv heads), longest sequences first, each thread
@@ -354,6 +420,7 @@ void decode_all(const DecodeView& x, const T* q, T* out, const T* k_cache, const
   const int64_t items_per_seq = (x.heads_kv + per_range - 1) / per_range;
   const int64_t n = batch * items_per_seq, G = x.heads_q / x.heads_kv, D = x.head_dim;
   std::atomic<int64_t> next{0};
+  const bool wide = wide_vectors();
   at::parallel_for(0, std::min(threads, std::max<int64_t>(n, 1)), 1, [&](int64_t, int64_t) {
     thread_local std::vector<float> work;
     thread_local std::vector<int64_t> rows;
@@ -363,7 +430,7 @@ void decode_all(const DecodeView& x, const T* q, T* out, const T* k_cache, const
       const int64_t need = nh * G * (2 * D + L);
       if (static_cast<int64_t>(work.size()) < need) work.resize(need);
       if (static_cast<int64_t>(rows.size()) < L) rows.resize(L);
-      decode_item(x, q, out, k_cache, v_cache, b, h0, nh, work.data(), rows.data(), dot);
+      decode_item(x, q, out, k_cache, v_cache, b, h0, nh, work.data(), rows.data(), wide, dot);
     }
   });
 }

@@ -4,8 +4,9 @@
 // weight row is read once (widened from bfloat16 on the fly) and applied to
 // all M rows of x, the products of 16 (row, output) pairs reduced together
 // (sum16x16). With AVX512-BF16, bfloat16 batches of rows (a decode step of many
-// sequences) run in k-pair panels (linear_bf16_gemm_cpu.cpp). Larger M goes to
-// at::linear.
+// sequences) run in k-pair panels (linear_bf16_gemm_cpu.cpp). Without AVX-512
+// (wide_vectors() false) the blocks of linear_dots.h take float32 up to
+// kMaxRowsDots rows and bfloat16 at any M. Larger M goes to at::linear.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +17,7 @@
 #include "common/cpu_vec16.h"
 #include "layers/layer_checks.h"
 #include "layers/linear_bf16_dot.h"
+#include "layers/linear_dots.h"
 
 namespace real_ext {
 namespace {
@@ -29,6 +31,10 @@ namespace {
 // 256, 0.96x at 512 and 2048, where x's rows of a chunk leave L1).
 constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24, kMaxRowsBf16Gemm = 256;
 constexpr int64_t kPanelCols = 32;  // outputs per panel of linear_bf16_gemm
+// linear_dots' rows per call (x's float32 copy stays in L2): past it MKL's
+// float32 products win (a decode step's 33 products with cold weights on a
+// Zen 3: 1.4x MKL at 64 rows, 1.0-1.1x at 128, even at 192, 0.75x at 256).
+constexpr int64_t kMaxRowsDots = 128;
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 
 // Outputs [n0, n1) of the M rows: xf (M, K) float32, W rows of stride ldw,
@@ -124,15 +130,42 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const auto dt = x.scalar_type();
   const bool bf16_dot = dt == at::kBFloat16 && has_bf16_dot();
   const bool bf16_gemm = bf16_dot && M > kMaxRowsBf16Dot && M <= kMaxRowsBf16Gemm && K > 0 && K % 2 == 0;
+  // Without AVX-512 (16 registers of 8 floats) the dot-product blocks of
+  // linear_dots.h take float32 up to kMaxRowsDots rows and every bfloat16
+  // product (oneDNN has no fast bfloat16 path there).
+  const bool dots = !wide_vectors() && M > 0 && K > 0 &&
+                    ((dt == at::kFloat && M <= kMaxRowsDots) || (dt == at::kBFloat16 && !bf16_dot));
   const int64_t max_rows = bf16_dot              ? kMaxRowsBf16Dot
                            : dt == at::kFloat    ? kMaxRowsFloat
                            : dt == at::kBFloat16 ? kMaxRowsBFloat16
                                                  : 0;
-  if (!bf16_gemm && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
+  if (!bf16_gemm && !dots && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
   const at::Tensor w = rows_view(weight);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({M, N}, x.options());
   const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
+  if (dots) {
+    auto run = [&](auto* tag) {
+      using S = std::remove_pointer_t<decltype(tag)>;
+      const S* wp = static_cast<const S*>(w.data_ptr());
+      const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;
+      S* yp = static_cast<S*>(y.data_ptr());
+      // Row chunks whose float32 copy stays in L2 while the weights stream by
+      // (a prefill's thousands of rows; a decode step is one chunk).
+      for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsDots) {
+        const int64_t rows = std::min(kMaxRowsDots, M - m0);
+        const at::Tensor xf = x.narrow(0, m0, rows).to(at::kFloat).contiguous();
+        at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
+          linear_dots(rows, xf.data_ptr<float>(), K, wp, w.stride(0), bp, yp + m0 * N, N, n0, n1);
+        });
+      }
+    };
+    if (dt == at::kBFloat16)
+      run(static_cast<uint16_t*>(nullptr));
+    else
+      run(static_cast<float*>(nullptr));
+    return y;
+  }
   if (bf16_dot) {
     const at::Tensor xr = rows_view(x);
     const auto* xp = static_cast<const uint16_t*>(xr.data_ptr());

@@ -196,8 +196,8 @@ def test_linear_matches_float64(rows, k, n, bias, dtype, device):
 
 
 def test_linear_portable_bfloat16_kernel():
-    # Where the CPU has AVX512-BF16 (this machine and CI) bfloat16 rows take the
-    # vdpbf16ps kernel; the portable one serves the other CPUs: run it too.
+    # Where the CPU has AVX512-BF16 bfloat16 rows take the vdpbf16ps kernel;
+    # the portable ones serve the other CPUs: run them too.
     code = (
         "import torch, torch.nn.functional as F\n"
         "from real_ext import ops\n"
