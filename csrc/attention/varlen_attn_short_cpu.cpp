@@ -6,7 +6,8 @@
 //             dV += P^T dO, dK += dS^T (scale Q), dQ = scale dS K,
 // with dK, dV summed over the group in the item's tiles and stored once. The
 // products are register-blocked loops (4 rows x up to 64 columns of float32
-// accumulators) over tiles that stay in L1/L2; nothing is packed per call.
+// accumulators with AVX-512, 4 x 16 with AVX2) over tiles that stay in L1/L2;
+// nothing is packed per call.
 // rowsum(P dP) equals the usual dO . O without reading O (stored rounded in
 // bfloat16).
 #include "attention/varlen_attn_short_cpu.h"
@@ -21,6 +22,7 @@
 #include "common/check.h"
 #include "common/cpu_math.h"
 #include "common/cpu_vec16.h"
+#include "common/cpu_vec8.h"
 
 namespace real_ext {
 namespace {
@@ -33,7 +35,6 @@ constexpr int64_t kRows = 4;    // rows per register block
 // with AVX2, 4 x 2 vectors of 8 floats (one ymm each) of its 16. vec16 blocks
 // there spill (two ymm per vector) and ran the products at ~4 GFLOP/s on a
 // Zen 3.
-typedef float vec8 __attribute__((vector_size(32)));
 struct WideBlocks {
   using Vec = vec16;
   static constexpr int kVecs = 4;
@@ -44,16 +45,6 @@ struct NarrowBlocks {
 };
 template <typename Vec>
 constexpr int64_t kVecLanes = sizeof(Vec) / sizeof(float);
-template <typename Vec>
-REAL_EXT_INLINE Vec load_vec(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename Vec>
-REAL_EXT_INLINE void store_vec(float* p, Vec v) {
-  std::memcpy(p, &v, sizeof(v));
-}
 
 REAL_EXT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 

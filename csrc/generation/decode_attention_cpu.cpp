@@ -5,7 +5,8 @@
 //           each K vector applied to up to four q rows of its group;
 //   pass 2: S[i, :] = softmax(S[i, :]);
 //   pass 3: out_i = sum_j S[i, j] v_j, 16 tokens at a time into accumulators
-//           held in registers (up to four q rows x 64 elements).
+//           held in registers (up to four q rows x 64 elements with AVX-512,
+//           two rows x 32 elements with AVX2: WideBlocks / NarrowBlocks).
 // Scores live in a per-thread buffer (q rows of the item x seq_len floats).
 // Math is float32. A head row is taken in chunks of 32 elements held as two
 // 16-float vectors (a, b): for a float32 cache elements 0..15 and 16..31; for
@@ -35,6 +36,7 @@
 #include "attention/attn_cpu_rows.h"
 #include "common/cpu_math.h"
 #include "common/cpu_vec16.h"
+#include "common/cpu_vec8.h"
 #include "generation/generation_checks.h"
 #include "layers/linear_bf16_dot.h"
 
@@ -83,8 +85,6 @@ REAL_EXT_INLINE void prefetch_stream(const T* k_cache, const T* v_cache, const i
 // vec16 code on AVX2 (two ymm per vector) spilled, and ran at ~4 GB/s of
 // cache on a Zen 3. A chunk's (a, b) are the same 32 floats in either case,
 // two vec16 or four vec8 (a's halves, then b's).
-typedef float vec8 __attribute__((vector_size(32)));
-typedef uint32_t vec8u __attribute__((vector_size(32)));
 struct WideBlocks {
   using Vec = vec16;
   static constexpr int kRows = 4, kChunks = 2;
@@ -97,16 +97,6 @@ template <typename Vec>
 constexpr int kLanes = sizeof(Vec) / sizeof(float);
 template <typename Vec>
 constexpr int kPerChunk = 32 / kLanes<Vec>;  // vectors per chunk
-template <typename Vec>
-REAL_EXT_INLINE Vec load_vec(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename Vec>
-REAL_EXT_INLINE void store_vec(float* p, Vec v) {
-  std::memcpy(p, &v, sizeof(v));
-}
 
 // One chunk of 32 cache elements as kPerChunk vectors: a then b; see the file
 // comment.
@@ -130,23 +120,10 @@ REAL_EXT_INLINE void load_chunk(const uint16_t* p, Vec* out) {
 // Lanes 0..15: the lane sums of part[0..15].
 REAL_EXT_INLINE vec16 lane_sums(vec16* part) { return sum16x16(part); }
 REAL_EXT_INLINE vec16 lane_sums(vec8* part) {
-#if defined(__clang__)
-#define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-  typedef int32_t vec8i __attribute__((vector_size(32)));
-#define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, vec8i{__VA_ARGS__})
-#endif
   vec16 out;
-  for (int half = 0; half < 2; ++half) {  // sum16x16's levels on 8 vectors of 8
-    vec8* v = part + 8 * half;
-    for (int n = 4; n >= 1; n /= 2)
-      for (int i = 0; i < n; ++i) {
-        const vec8 a = v[2 * i], b = v[2 * i + 1];
-        v[i] = REAL_EXT_SHUFFLE8(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + REAL_EXT_SHUFFLE8(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
-      }
-    std::memcpy(reinterpret_cast<float*>(&out) + 8 * half, &v[0], sizeof(vec8));
-  }
-#undef REAL_EXT_SHUFFLE8
+  const vec8 lo = sum8x8(part), hi = sum8x8(part + 8);
+  std::memcpy(reinterpret_cast<float*>(&out), &lo, sizeof(lo));
+  std::memcpy(reinterpret_cast<float*>(&out) + 8, &hi, sizeof(hi));
   return out;
 }
 

@@ -14,30 +14,12 @@
 #include <cstring>
 
 #include "common/cpu_math.h"
-#include "common/cpu_vec16.h"
+#include "common/cpu_vec8.h"
 
 namespace real_ext {
 namespace {
 
-typedef float vec8 __attribute__((vector_size(32)));
-typedef uint32_t vec8u __attribute__((vector_size(32)));
-typedef uint16_t vec8h __attribute__((vector_size(16)));
-
 constexpr int kRowsX = 4, kRowsW = 3;
-
-REAL_EXT_INLINE vec8 load8(const float* p) {
-  vec8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-REAL_EXT_INLINE vec8 load8(const uint16_t* p) {
-  vec8h h;
-  std::memcpy(&h, p, sizeof(h));
-  const vec8u bits = __builtin_convertvector(h, vec8u) << 16;
-  vec8 v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
 
 REAL_EXT_INLINE float lane_sum(vec8 v) {
   float s = 0.f;

@@ -1,0 +1,58 @@
+// 8 floats as one GCC vector (one ymm in the AVX2 clone): the register-block
+// element of the CPU kernels where wide_vectors() is false (AVX2's 16
+// registers), with loads of float32 and bfloat16 rows, and loads / stores of
+// either float vector type (vec8 or vec16) for kernels written over both.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/cpu_vec16.h"
+
+namespace real_ext {
+
+typedef float vec8 __attribute__((vector_size(32)));
+typedef uint32_t vec8u __attribute__((vector_size(32)));
+typedef uint16_t vec8h __attribute__((vector_size(16)));
+typedef int32_t vec8i __attribute__((vector_size(32)));
+
+template <typename Vec>
+REAL_EXT_INLINE Vec load_vec(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename Vec>
+REAL_EXT_INLINE void store_vec(float* p, Vec v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+REAL_EXT_INLINE vec8 load8(const float* p) { return load_vec<vec8>(p); }
+// bfloat16 widened: each value shifted into the high half of a float32.
+REAL_EXT_INLINE vec8 load8(const uint16_t* p) {
+  vec8h h;
+  std::memcpy(&h, p, sizeof(h));
+  const vec8u bits = __builtin_convertvector(h, vec8u) << 16;
+  vec8 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// Lanes 0..7 of the result: the sums of v[0..7] (v is clobbered); sum16x16's
+// levels of "even lanes + odd lanes" on 8 vectors of 8.
+REAL_EXT_INLINE vec8 sum8x8(vec8* v) {
+#if defined(__clang__)
+#define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, vec8i{__VA_ARGS__})
+#endif
+  for (int n = 4; n >= 1; n /= 2)
+    for (int i = 0; i < n; ++i) {
+      const vec8 a = v[2 * i], b = v[2 * i + 1];
+      v[i] = REAL_EXT_SHUFFLE8(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + REAL_EXT_SHUFFLE8(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+    }
+#undef REAL_EXT_SHUFFLE8
+  return v[0];
+}
+
+}  // namespace real_ext
