@@ -43,8 +43,6 @@ struct NarrowBlocks {
   using Vec = vec8;
   static constexpr int kVecs = 2;
 };
-template <typename Vec>
-constexpr int64_t kVecLanes = sizeof(Vec) / sizeof(float);
 
 REAL_EXT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 

@@ -17,6 +17,8 @@ typedef uint16_t vec8h __attribute__((vector_size(16)));
 typedef int32_t vec8i __attribute__((vector_size(32)));
 
 template <typename Vec>
+constexpr int kVecLanes = sizeof(Vec) / sizeof(float);  // 8 or 16
+template <typename Vec>
 REAL_EXT_INLINE Vec load_vec(const float* p) {
   Vec v;
   std::memcpy(&v, p, sizeof(v));

@@ -94,23 +94,21 @@ struct NarrowBlocks {
   static constexpr int kRows = 2, kChunks = 1;
 };
 template <typename Vec>
-constexpr int kLanes = sizeof(Vec) / sizeof(float);
-template <typename Vec>
-constexpr int kPerChunk = 32 / kLanes<Vec>;  // vectors per chunk
+constexpr int kPerChunk = 32 / kVecLanes<Vec>;  // vectors per chunk
 
 // One chunk of 32 cache elements as kPerChunk vectors: a then b; see the file
 // comment.
 template <typename Vec>
 REAL_EXT_INLINE void load_chunk(const float* p, Vec* out) {
-  for (int i = 0; i < kPerChunk<Vec>; ++i) out[i] = load_vec<Vec>(p + kLanes<Vec> * i);
+  for (int i = 0; i < kPerChunk<Vec>; ++i) out[i] = load_vec<Vec>(p + kVecLanes<Vec> * i);
 }
 template <typename Vec>
 REAL_EXT_INLINE void load_chunk(const uint16_t* p, Vec* out) {
   using Bits = std::conditional_t<sizeof(Vec) == 64, vec16u, vec8u>;
   constexpr int half = kPerChunk<Vec> / 2;
-  for (int h = 0; h < half; ++h) {  // 2 * kLanes elements: their even ones (a), odd ones (b)
+  for (int h = 0; h < half; ++h) {  // 2 * kVecLanes elements: their even ones (a), odd ones (b)
     Bits bits;
-    std::memcpy(&bits, p + 2 * kLanes<Vec> * h, sizeof(bits));
+    std::memcpy(&bits, p + 2 * kVecLanes<Vec> * h, sizeof(bits));
     const Bits lo = bits << 16, hi = bits & 0xffff0000u;
     std::memcpy(&out[h], &lo, sizeof(Vec));
     std::memcpy(&out[half + h], &hi, sizeof(Vec));
@@ -159,7 +157,7 @@ REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, i
         Vec kc[kPerChunk<Vec>];
         load_chunk(k[t] + d, kc);
         for (int r = 0; r < M; ++r)
-          for (int i = 0; i < kPerChunk<Vec>; ++i) acc[r] += load_vec<Vec>(q + r * D + d + kLanes<Vec> * i) * kc[i];
+          for (int i = 0; i < kPerChunk<Vec>; ++i) acc[r] += load_vec<Vec>(q + r * D + d + kVecLanes<Vec> * i) * kc[i];
       }
       for (int64_t d = D32; d < D; ++d) {
         const float kd = load(k[t], d);
@@ -230,7 +228,7 @@ REAL_EXT_DECODE_DOT_TARGET void scores_head_dot(const uint16_t* q, const uint16_
 template <typename Vec, int M, int C, typename T>
 REAL_EXT_INLINE void accumulate_chunks(const float* p, int64_t L, const T* const* v, int64_t n, int64_t D, int64_t d,
                                        float* acc) {
-  constexpr int nv = kPerChunk<Vec> * C, lanes = kLanes<Vec>;
+  constexpr int nv = kPerChunk<Vec> * C, lanes = kVecLanes<Vec>;
   Vec o[M][nv];
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < nv; ++c) o[r][c] = load_vec<Vec>(acc + r * D + d + lanes * c);

@@ -144,28 +144,6 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({M, N}, x.options());
   const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
-  if (dots) {
-    auto run = [&](auto* tag) {
-      using S = std::remove_pointer_t<decltype(tag)>;
-      const S* wp = static_cast<const S*>(w.data_ptr());
-      const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;
-      S* yp = static_cast<S*>(y.data_ptr());
-      // Row chunks whose float32 copy stays in L2 while the weights stream by
-      // (a prefill's thousands of rows; a decode step is one chunk).
-      for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsDots) {
-        const int64_t rows = std::min(kMaxRowsDots, M - m0);
-        const at::Tensor xf = x.narrow(0, m0, rows).to(at::kFloat).contiguous();
-        at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
-          linear_dots(rows, xf.data_ptr<float>(), K, wp, w.stride(0), bp, yp + m0 * N, N, n0, n1);
-        });
-      }
-    };
-    if (dt == at::kBFloat16)
-      run(static_cast<uint16_t*>(nullptr));
-    else
-      run(static_cast<float*>(nullptr));
-    return y;
-  }
   if (bf16_dot) {
     const at::Tensor xr = rows_view(x);
     const auto* xp = static_cast<const uint16_t*>(xr.data_ptr());
@@ -184,14 +162,25 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     }
     return y;
   }
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  // x in float32 for linear_rows / linear_dots: for linear_dots in row chunks
+  // whose copy stays in L2 while the weights stream by (a prefill's thousands
+  // of rows; a decode step is one chunk).
+  const int64_t chunk = dots ? kMaxRowsDots : M;
   auto run = [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
+    const S* wp = static_cast<const S*>(w.data_ptr());
     const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;
-    at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
-      linear_rows(M, xf.data_ptr<float>(), K, static_cast<const S*>(w.data_ptr()), w.stride(0), bp,
-                  static_cast<S*>(y.data_ptr()), N, n0, n1);
-    });
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+      const int64_t rows = std::min(chunk, M - m0);
+      const at::Tensor xf = x.narrow(0, m0, rows).to(at::kFloat).contiguous();
+      S* ym = static_cast<S*>(y.data_ptr()) + m0 * N;
+      at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
+        if (dots)
+          linear_dots(rows, xf.data_ptr<float>(), K, wp, w.stride(0), bp, ym, N, n0, n1);
+        else
+          linear_rows(rows, xf.data_ptr<float>(), K, wp, w.stride(0), bp, ym, N, n0, n1);
+      });
+    }
   };
   if (dt == at::kBFloat16)
     run(static_cast<uint16_t*>(nullptr));
