@@ -5,8 +5,8 @@
 // all M rows of x, the products of 16 (row, output) pairs reduced together
 // (sum16x16). With AVX512-BF16, bfloat16 batches of rows (a decode step of many
 // sequences) run in k-pair panels (linear_bf16_gemm_cpu.cpp). Without AVX-512
-// (wide_vectors() false) the blocks of linear_dots.h take float32 up to
-// kMaxRowsDots rows and bfloat16 at any M. Larger M goes to at::linear.
+// (wide_vectors() false) the panels of linear_panels.h take float32 up to
+// kMaxRowsPanels rows and bfloat16 at any M. Larger M goes to at::linear.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,7 +17,7 @@
 #include "common/cpu_vec16.h"
 #include "layers/layer_checks.h"
 #include "layers/linear_bf16_dot.h"
-#include "layers/linear_dots.h"
+#include "layers/linear_panels.h"
 
 namespace real_ext {
 namespace {
@@ -31,10 +31,12 @@ namespace {
 // 256, 0.96x at 512 and 2048, where x's rows of a chunk leave L1).
 constexpr int64_t kMaxRowsFloat = 8, kMaxRowsBFloat16 = 4, kMaxRowsBf16Dot = 24, kMaxRowsBf16Gemm = 256;
 constexpr int64_t kPanelCols = 32;  // outputs per panel of linear_bf16_gemm
-// linear_dots' rows per call (x's float32 copy stays in L2): past it MKL's
-// float32 products win (a decode step's 33 products with cold weights on a
-// Zen 3: 1.4x MKL at 64 rows, 1.0-1.1x at 128, even at 192, 0.75x at 256).
-constexpr int64_t kMaxRowsDots = 128;
+// linear_panels' rows per call (x's panels stay in L2): past it MKL's float32
+// products win (a decode step's 33 products with cold weights on a Zen 3, in
+// GFLOP/s, panels / MKL: 8 rows 55 / 15, 64 rows 106 / 66, 128 rows 113-134 /
+// 94-105, 256 rows about even, 1024 rows 92 / 111: each 128-row chunk reads
+// the weights again).
+constexpr int64_t kMaxRowsPanels = 128;
 constexpr int64_t kGrainBytes = 64 << 10;  // weight bytes per parallel work item, at least
 
 // Outputs [n0, n1) of the M rows: xf (M, K) float32, W rows of stride ldw,
@@ -130,16 +132,16 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const auto dt = x.scalar_type();
   const bool bf16_dot = dt == at::kBFloat16 && has_bf16_dot();
   const bool bf16_gemm = bf16_dot && M > kMaxRowsBf16Dot && M <= kMaxRowsBf16Gemm && K > 0 && K % 2 == 0;
-  // Without AVX-512 (16 registers of 8 floats) the dot-product blocks of
-  // linear_dots.h take float32 up to kMaxRowsDots rows and every bfloat16
+  // Without AVX-512 (16 registers of 8 floats) the register blocks of
+  // linear_panels.h take float32 up to kMaxRowsPanels rows and every bfloat16
   // product (oneDNN has no fast bfloat16 path there).
-  const bool dots = !wide_vectors() && M > 0 && K > 0 &&
-                    ((dt == at::kFloat && M <= kMaxRowsDots) || (dt == at::kBFloat16 && !bf16_dot));
+  const bool panels = !wide_vectors() && M > 0 && K > 0 &&
+                      ((dt == at::kFloat && M <= kMaxRowsPanels) || (dt == at::kBFloat16 && !bf16_dot));
   const int64_t max_rows = bf16_dot              ? kMaxRowsBf16Dot
                            : dt == at::kFloat    ? kMaxRowsFloat
                            : dt == at::kBFloat16 ? kMaxRowsBFloat16
                                                  : 0;
-  if (!bf16_gemm && !dots && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
+  if (!bf16_gemm && !panels && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
   const at::Tensor w = rows_view(weight);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({M, N}, x.options());
@@ -162,24 +164,33 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     }
     return y;
   }
-  // x in float32 for linear_rows / linear_dots: for linear_dots in row chunks
-  // whose copy stays in L2 while the weights stream by (a prefill's thousands
-  // of rows; a decode step is one chunk).
-  const int64_t chunk = dots ? kMaxRowsDots : M;
+  // linear_panels: x packed into panels per chunk of kMaxRowsPanels rows,
+  // whose panels stay in L2 while the weights stream by (a prefill's
+  // thousands of rows; a decode step is one chunk). linear_rows: x in float32.
+  const int64_t chunk = panels ? kMaxRowsPanels : M;
   auto run = [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     const S* wp = static_cast<const S*>(w.data_ptr());
     const S* bp = b.defined() ? static_cast<const S*>(b.data_ptr()) : nullptr;
     for (int64_t m0 = 0; m0 < M; m0 += chunk) {
       const int64_t rows = std::min(chunk, M - m0);
-      const at::Tensor xf = x.narrow(0, m0, rows).to(at::kFloat).contiguous();
       S* ym = static_cast<S*>(y.data_ptr()) + m0 * N;
-      at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
-        if (dots)
-          linear_dots(rows, xf.data_ptr<float>(), K, wp, w.stride(0), bp, ym, N, n0, n1);
-        else
+      if (panels) {
+        const at::Tensor xr = rows_view(x.narrow(0, m0, rows));
+        const at::Tensor packed = at::empty({panels_size(rows, K)}, x.options().dtype(at::kFloat));
+        at::parallel_for(0, (rows + kPanelRows - 1) / kPanelRows, 1, [&](int64_t p0, int64_t p1) {
+          pack_x_panels(rows, static_cast<const S*>(xr.data_ptr()), xr.stride(0), K, packed.data_ptr<float>(), p0,
+                        p1);
+        });
+        at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
+          linear_panels(rows, packed.data_ptr<float>(), K, wp, w.stride(0), bp, ym, N, n0, n1);
+        });
+      } else {
+        const at::Tensor xf = x.narrow(0, m0, rows).to(at::kFloat).contiguous();
+        at::parallel_for(0, N, grain_rows, [&](int64_t n0, int64_t n1) {
           linear_rows(rows, xf.data_ptr<float>(), K, wp, w.stride(0), bp, ym, N, n0, n1);
-      });
+        });
+      }
     }
   };
   if (dt == at::kBFloat16)

@@ -180,6 +180,10 @@ def test_opcheck(device):
 # 8 rows and a masked K tail in the dot kernel, chunks of the panel build with
 # 16 x 16 word blocks and a tail of pairs; k = 40: one block and 4 pairs; k = 7:
 # odd K leaves the panels to oneDNN; n = 67, 33, 19: partial panels of 32 outputs.
+# Without AVX-512 (linear_panels): x in panels of 16 rows, the last one 8 wide
+# when 8 or fewer are left (9, 17, 24, 25, 33, 100), weight rows in blocks of 6
+# (n = 67, 33: a tail of 1 and 3 rows), float32 up to 128 rows, bfloat16 in
+# chunks of 128 (256, 257).
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33, 64, 100, 128, 256, 257])
 @pytest.mark.parametrize("k,n,bias", [(256, 67, False), (40, 33, True), (7, 5, True), (1100, 19, True)], ids=str)
 def test_linear_matches_float64(rows, k, n, bias, dtype, device):

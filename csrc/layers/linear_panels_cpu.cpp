@@ -1,0 +1,142 @@
+// y = x W^T (+ b) for CPUs with 16 vector registers of 8 floats (AVX2;
+// wide_vectors() false), as y^T = W x^T: x's rows are packed once per call
+// into panels of 16 (k-major: a panel's 16 values of one k are two vectors),
+// and the weights are read straight from their rows, one scalar at a time,
+// broadcast. A block is 6 weight rows x one panel: 12 accumulators, 2 x
+// vectors and a broadcast (15 of the 16 registers), 12 FMAs per 2 loads and
+// 6 broadcasts, and no reduction across lanes (a lane is one row of x). The
+// 6 weight rows stay in L1 while every panel runs over them, so each weight is
+// read from memory once per call. bfloat16 weights are widened into a float
+// copy of the 6 rows first (cheap next to the panels' FMAs), so bfloat16
+// needs no AVX512-BF16: torch's own bfloat16 products on such CPUs (oneDNN
+// without bf16 instructions) ran at 1-16 GFLOP/s on a Zen 3.
+#include "layers/linear_panels.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/cpu_math.h"
+#include "common/cpu_vec8.h"
+
+namespace real_ext {
+namespace {
+
+constexpr int kRowsW = 6;
+
+// Block of MR weight rows (float, row stride ldw) x one panel of NV vectors
+// (8 * NV rows of x, of which `valid` are real): y[m, n0 + i] for the valid m.
+template <int MR, int NV, typename S>
+REAL_EXT_INLINE void panel_block(const float* w, int64_t ldw, const float* panel, int64_t K, const S* bias,
+                                 int valid, S* y, int64_t ldy, const char* next) {
+  vec8 acc[MR][NV] = {};
+  // Rows 0..2 from one pointer and 3..5 from another, as (base + ldw * 1 or
+  // 2) addresses: 3 registers for the 6 rows (GCC's one index register per
+  // row spilled three of them, 3 extra loads per k).
+  const char* w0 = reinterpret_cast<const char*>(w);
+  const char* w3 = reinterpret_cast<const char*>(w + 3 * ldw);
+  const int64_t row = ldw * static_cast<int64_t>(sizeof(float));
+  for (int64_t k0 = 0; k0 < K; k0 += 16) {
+    if (next != nullptr)  // the next block's rows, a line of each per 16 k
+      for (int i = 0; i < kRowsW; ++i) __builtin_prefetch(next + i * row + k0 * sizeof(float), 0, 2);
+    for (int64_t k = k0; k < std::min(K, k0 + 16); ++k) {
+      vec8 xv[NV];
+      for (int c = 0; c < NV; ++c) xv[c] = load8(panel + (k * NV + c) * 8);
+      for (int i = 0; i < MR; ++i) {
+        float wi;
+        std::memcpy(&wi, (i < 3 ? w0 : w3) + (i % 3) * row, sizeof(float));
+        for (int c = 0; c < NV; ++c) acc[i][c] += wi * xv[c];
+      }
+      w0 += sizeof(float);
+      w3 += sizeof(float);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    const float b = bias == nullptr ? 0.f : load(bias, i);
+    for (int m = 0; m < valid; ++m) store(y, m * ldy + i, acc[i][m / 8][m % 8] + b);
+  }
+}
+
+// MR weight rows against every panel.
+template <int MR, typename S>
+REAL_EXT_INLINE void rows_against_panels(int64_t M, const float* panels, int64_t K, const float* w, int64_t ldw,
+                                         const S* bias, S* y, int64_t ldy, const char* next) {
+  for (int64_t m = 0; m < M; m += kPanelRows) {
+    const float* panel = panels + m * K;
+    const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, M - m));
+    const char* pf = m == 0 ? next : nullptr;
+    if (valid > 8)
+      panel_block<MR, 2>(w, ldw, panel, K, bias, valid, y + m * ldy, ldy, pf);
+    else
+      panel_block<MR, 1>(w, ldw, panel, K, bias, valid, y + m * ldy, ldy, pf);
+  }
+}
+
+template <typename S>
+REAL_EXT_INLINE void panels_t(int64_t M, const float* panels, int64_t K, const S* W, int64_t ldw, const S* bias,
+                              S* y, int64_t ldy, int64_t n0, int64_t n1) {
+  thread_local std::vector<float> widened;  // bfloat16 weights: the block's rows in float
+  for (int64_t n = n0; n < n1; n += kRowsW) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRowsW, n1 - n));
+    const float* w;
+    int64_t ld;
+    if constexpr (sizeof(S) == sizeof(float)) {
+      w = W + n * ldw;
+      ld = ldw;
+    } else {
+      widened.resize(kRowsW * K);
+      for (int i = 0; i < rows; ++i)
+        for (int64_t k = 0; k < K; ++k) widened[i * K + k] = load(W + (n + i) * ldw, k);
+      w = widened.data();
+      ld = K;
+    }
+    const S* bn = bias == nullptr ? nullptr : bias + n;
+    // Float weights: the next block's rows are prefetched (into L2) while the
+    // first panel runs, so the first panel of each block does not wait on
+    // memory (the rest find the block in L1).
+    const char* next = nullptr;
+    if constexpr (sizeof(S) == sizeof(float))
+      if (n + 2 * kRowsW <= n1) next = reinterpret_cast<const char*>(W + (n + kRowsW) * ldw);
+    switch (rows) {
+      case 6: rows_against_panels<6>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
+      case 5: rows_against_panels<5>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
+      case 4: rows_against_panels<4>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
+      case 3: rows_against_panels<3>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
+      case 2: rows_against_panels<2>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
+      default: rows_against_panels<1>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
+    }
+  }
+}
+
+template <typename S>
+REAL_EXT_INLINE void pack_t(int64_t M, const S* x, int64_t ldx, int64_t K, float* panels, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t m0 = p * kPanelRows, valid = std::min<int64_t>(kPanelRows, M - m0);
+    const int64_t width = valid > 8 ? 16 : 8;  // panel_block's NV * 8
+    float* out = panels + m0 * K;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t m = 0; m < width; ++m) out[k * width + m] = m < valid ? load(x + (m0 + m) * ldx, k) : 0.f;
+  }
+}
+
+}  // namespace
+
+REAL_EXT_CPU_CLONES void pack_x_panels(int64_t M, const float* x, int64_t ldx, int64_t K, float* panels, int64_t p0,
+                                       int64_t p1) {
+  pack_t(M, x, ldx, K, panels, p0, p1);
+}
+REAL_EXT_CPU_CLONES void pack_x_panels(int64_t M, const uint16_t* x, int64_t ldx, int64_t K, float* panels,
+                                       int64_t p0, int64_t p1) {
+  pack_t(M, x, ldx, K, panels, p0, p1);
+}
+
+REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t ldw,
+                                       const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  panels_t(M, panels, K, W, ldw, bias, y, ldy, n0, n1);
+}
+REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t ldw,
+                                       const uint16_t* bias, uint16_t* y, int64_t ldy, int64_t n0, int64_t n1) {
+  panels_t(M, panels, K, W, ldw, bias, y, ldy, n0, n1);
+}
+
+}  // namespace real_ext
