@@ -144,27 +144,38 @@ REAL_EXT_INLINE void softmax_row(float* s, int64_t n) {
 // Scores of M q rows (one kv head, M <= 4) against n <= 16 tokens: each K
 // chunk is loaded (and widened) once for the M rows. q: the first of the M
 // rows in chunk order (row stride D); k[t]: token t's row of that kv head;
-// scores: the first row's scores of these tokens (row stride L).
+// scores: the first row's scores of these tokens (row stride L). With 8-float
+// vectors and up to 3 rows, tokens go in pairs, each q vector loaded once for
+// both (M x 2 accumulators + 2 chunks + q in AVX2's 16 registers): a third
+// fewer loads than one token at a time, and twice the independent FMA chains.
 template <typename Vec, int M, typename T>
 REAL_EXT_INLINE void scores_rows(const float* q, const T* const* k, int64_t n, int64_t D, float* scores,
                                  int64_t L) {
+  constexpr int TP = kVecLanes<Vec> == 8 && M <= 3 ? 2 : 1;
   const int64_t D32 = D / 32 * 32;
   Vec part[M][16];
-  for (int64_t t = 0; t < 16; ++t) {
-    Vec acc[M] = {};
-    if (t < n) {
+  for (int64_t t0 = 0; t0 < 16; t0 += TP) {
+    Vec acc[M][TP] = {};
+    if (t0 < n) {
+      const T* kt[TP];  // a pair's missing second token repeats the first (its sums are not stored)
+      for (int j = 0; j < TP; ++j) kt[j] = k[std::min<int64_t>(t0 + j, n - 1)];
       for (int64_t d = 0; d < D32; d += 32) {
-        Vec kc[kPerChunk<Vec>];
-        load_chunk(k[t] + d, kc);
+        Vec kc[TP][kPerChunk<Vec>];
+        for (int j = 0; j < TP; ++j) load_chunk(kt[j] + d, kc[j]);
         for (int r = 0; r < M; ++r)
-          for (int i = 0; i < kPerChunk<Vec>; ++i) acc[r] += load_vec<Vec>(q + r * D + d + kVecLanes<Vec> * i) * kc[i];
+          for (int i = 0; i < kPerChunk<Vec>; ++i) {
+            const Vec qv = load_vec<Vec>(q + r * D + d + kVecLanes<Vec> * i);
+            for (int j = 0; j < TP; ++j) acc[r][j] += qv * kc[j][i];
+          }
       }
-      for (int64_t d = D32; d < D; ++d) {
-        const float kd = load(k[t], d);
-        for (int r = 0; r < M; ++r) acc[r][0] += q[r * D + d] * kd;
-      }
+      for (int64_t d = D32; d < D; ++d)
+        for (int j = 0; j < TP; ++j) {
+          const float kd = load(kt[j], d);
+          for (int r = 0; r < M; ++r) acc[r][j][0] += q[r * D + d] * kd;
+        }
     }
-    for (int r = 0; r < M; ++r) part[r][t] = acc[r];
+    for (int r = 0; r < M; ++r)
+      for (int j = 0; j < TP; ++j) part[r][t0 + j] = acc[r][j];
   }
   for (int r = 0; r < M; ++r) {
     const vec16 sums = lane_sums(part[r]);
