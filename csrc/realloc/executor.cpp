@@ -5,15 +5,17 @@
 //   1. the first two rounds of staged chunks (those strided in either buffer,
 //      and short runs batched together) posted: round r packs chunk r for
 //      every peer into a send buffer and receives chunk r from every peer into
-//      a receive buffer, two buffers each per peer, so staging stays within
-//      max_buffer_bytes;
+//      a receive buffer, two buffers (slots) each per peer at least, so
+//      staging stays within max_buffer_bytes;
 //   2. chunks that are one contiguous box in both buffers (usually most bytes:
 //      whole shards of consecutive parameters merge into long runs): every send
 //      and receive posted at once, straight from / into the flat buffers;
-//   3. pieces this rank already holds: copied locally, while 1 and 2 are on
-//      the wire;
-//   4. staged round r waited for and unpacked while round r + 1 is on the
-//      wire; round r + 2 posted into the buffers r freed.
+//   3. the further staged rounds that max_buffer_bytes has slots for (all of
+//      them when the staged traffic fits);
+//   4. pieces this rank already holds: copied locally, while 1-3 are on the
+//      wire;
+//   5. staged round r waited for and unpacked while the later rounds posted
+//      are on the wire; round r + slots posted into the buffers r freed.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
@@ -22,6 +24,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <mutex>
 #include <optional>
 
 #include "common/check.h"
@@ -179,6 +182,57 @@ void unpack(at::Tensor& flat, const at::Tensor& buffer, const Chunk& c, double e
   op.call(flat, buffer, boxes_tensor(c.dst), eta);
 }
 
+// Staging memory kept between calls on the CPU, one block per dtype: fresh
+// buffers each call cost page faults and the kernel's zeroing of every page
+// (tens of MB per rank per call; with 8 ranks on 2 cores that doubled the
+// staged traffic's time). A call takes the block out of the cache while it
+// runs (a concurrent call allocates its own) and puts it back after; a block
+// larger than the call's max_buffer_bytes is dropped, so a process keeps at
+// most the last call's cap per dtype. CUDA's caching allocator already
+// reuses device memory: there the block is allocated and freed as usual.
+class Arena {
+ public:
+  Arena(const at::TensorOptions& opts, int64_t elements, int64_t limit) : cached_(opts.device().is_cpu()) {
+    if (cached_) {
+      std::lock_guard<std::mutex> lock(mutex());
+      auto& cache = blocks();
+      for (auto it = cache.begin(); it != cache.end(); ++it)
+        if (it->scalar_type() == opts.dtype().toScalarType()) {
+          if (it->numel() <= limit) memory_ = std::move(*it);
+          cache.erase(it);
+          break;
+        }
+    }
+    if (!memory_.defined() || memory_.numel() < elements) memory_ = at::empty({elements}, opts);
+  }
+  ~Arena() {
+    if (!cached_) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& cache = blocks();
+    for (at::Tensor& kept : cache)
+      if (kept.scalar_type() == memory_.scalar_type()) {
+        if (kept.numel() < memory_.numel()) kept = std::move(memory_);
+        return;
+      }
+    cache.push_back(std::move(memory_));
+  }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  const at::Tensor& memory() const { return memory_; }
+
+ private:
+  static std::vector<at::Tensor>& blocks() {
+    static std::vector<at::Tensor> cache;
+    return cache;
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  bool cached_;
+  at::Tensor memory_;
+};
+
 int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Tensor>& src_flat,
                      const std::optional<at::Tensor>& dst_flat, const std::string& group_name,
                      int64_t max_buffer_bytes, double eta) {
@@ -238,22 +292,47 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
       send_chunks[p].push_back(std::move(c));
     }
   }
+  // Local pieces: one copy where either side is contiguous (a tp column slice
+  // into or out of a whole parameter), else staged through one more buffer of
+  // this rank's own.
+  const std::vector<Chunk> local_chunks = make_chunks(local, cap, kDirectCap);
+  int64_t local_max = 0;
+  for (const Chunk& c : local_chunks)
+    if (!(in_place && contiguous(c.dst)) && !contiguous(c.src)) local_max = std::max(local_max, c.elements);
+  // Buffer slots per peer: kDepth at least (what cap was cut for), more where
+  // max_buffer_bytes holds them, up to one per round: every staged round then
+  // goes on the wire at once and no rank waits for a round to drain before
+  // posting the next (on a busy CPU such lock-steps cost several ms each).
   size_t rounds = 0;
-  for (int64_t p = 0; p < size; ++p) rounds = std::max({rounds, send_chunks[p].size(), recv_chunks[p].size()});
-  const size_t slots = std::min<size_t>(kDepth, rounds);
+  int64_t per_slot = 0;
+  for (int64_t p = 0; p < size; ++p) {
+    rounds = std::max({rounds, send_chunks[p].size(), recv_chunks[p].size()});
+    per_slot += send_max[p] + recv_max[p];
+  }
+  const int64_t room = max_buffer_bytes / any.element_size() - local_max;
+  const size_t fit = per_slot > 0 ? static_cast<size_t>(std::max<int64_t>(room / per_slot, 0)) : rounds;
+  const size_t slots = std::min(rounds, std::max<size_t>(kDepth, fit));
   const at::TensorOptions opts = any.options();
+  // All staging buffers are slices of one arena kept between calls.
+  const int64_t staged_elements = static_cast<int64_t>(slots) * per_slot + local_max;
+  Arena arena(opts, staged_elements, max_buffer_bytes / any.element_size());
+  int64_t carved = 0;
+  auto carve = [&](int64_t n) {
+    at::Tensor t = arena.memory().narrow(0, carved, n);
+    carved += n;
+    return t;
+  };
   std::vector<std::vector<at::Tensor>> send_stage(size), recv_stage(size);  // [peer][slot]
-  int64_t staged_elements = 0;
   for (int64_t p = 0; p < size; ++p)
     for (size_t i = 0; i < slots; ++i) {
-      send_stage[p].push_back(at::empty({send_max[p]}, opts));
-      recv_stage[p].push_back(at::empty({recv_max[p]}, opts));
-      staged_elements += send_max[p] + recv_max[p];
+      send_stage[p].push_back(carve(send_max[p]));
+      recv_stage[p].push_back(carve(recv_max[p]));
     }
+  const at::Tensor local_stage = carve(local_max);
 
   // Staged round r moves chunk r of every peer's stream, all peers at once,
-  // through buffer slot r % kDepth; round r + 1 is on the wire (and packed)
-  // while round r is unpacked.
+  // through buffer slot r % slots; the rounds after r that have slots are on
+  // the wire (and packed) while round r is unpacked.
   struct Round {
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     std::vector<std::vector<at::Tensor>> bufs;
@@ -285,11 +364,12 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
     for (auto [p, i] : round.to_unpack) unpack(dst, round.bufs[i][0], recv_chunks[p][r], eta);
   };
 
-  // Order of posting: the first staged rounds, then every direct chunk, so
-  // that the staged rounds' packing and unpacking overlap the direct traffic.
+  // Order of posting: the first kDepth staged rounds, then every direct
+  // chunk, then the other rounds that have slots, so that packing and
+  // unpacking overlap the direct traffic.
   std::deque<Round> in_flight;
   size_t posted = 0;
-  for (; posted < slots; ++posted) in_flight.push_back(post(posted));
+  for (; posted < std::min<size_t>(slots, kDepth); ++posted) in_flight.push_back(post(posted));
   std::vector<c10::intrusive_ptr<c10d::Work>> direct_work;
   std::vector<std::vector<at::Tensor>> direct_bufs;
   for (int64_t p = 0; p < size; ++p) {
@@ -305,21 +385,15 @@ int64_t realloc_execute(const at::Tensor& transfers, const std::optional<at::Ten
     }
   }
 
-  // Local pieces, while the above is on the wire: one copy where either side
-  // is contiguous (a tp column slice into or out of a whole parameter), else
-  // staged through one more buffer of this rank's own.
-  const std::vector<Chunk> local_chunks = make_chunks(local, cap, kDirectCap);
-  int64_t local_max = 0;
-  for (const Chunk& c : local_chunks)
-    if (!(in_place && contiguous(c.dst)) && !contiguous(c.src)) local_max = std::max(local_max, c.elements);
-  at::Tensor local_stage = at::empty({local_max}, opts);
-  staged_elements += local_max;
+  for (; posted < slots; ++posted) in_flight.push_back(post(posted));
+
+  // Local pieces, while the above is on the wire.
   for (const Chunk& c : local_chunks) {
-    if (in_place && contiguous(c.dst)) {  // pack straight into the destination
+    if (contiguous(c.src)) {  // unpack straight from the source (its stores bypass the cache)
+      unpack(dst, src_flat->narrow(0, c.src[0].offset, c.elements), c, eta);
+    } else if (in_place && contiguous(c.dst)) {  // pack straight into the destination
       at::Tensor target = dst.narrow(0, c.dst[0].offset, c.elements);
       pack(*src_flat, c, target);
-    } else if (contiguous(c.src)) {  // unpack straight from the source
-      unpack(dst, src_flat->narrow(0, c.src[0].offset, c.elements), c, eta);
     } else {
       unpack(dst, pack(*src_flat, c, local_stage), c, eta);
     }

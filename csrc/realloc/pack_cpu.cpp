@@ -1,5 +1,8 @@
 // Pack / unpack of strided boxes on the CPU: the (box, row) pairs of all boxes
 // are one index space split across threads, each row a memcpy (or an EMA blend).
+// Unpack writes the destination's flat buffer, which nothing reads soon: its
+// rows go out with non-temporal stores, which skip reading each destination
+// line into the cache first (a third of a copy's memory traffic).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -8,6 +11,10 @@
 
 #include <algorithm>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "common/check.h"
 #include "realloc/pack_checks.h"
@@ -37,6 +44,38 @@ void for_each_segment(const std::vector<PackBox>& boxes, const Fn& fn) {
   });
 }
 
+// Rows shorter than this are plain memcpy: non-temporal stores of a few
+// lines flush partly filled write-combining buffers.
+constexpr int64_t kStreamMinBytes = 512;
+
+// memcpy of n bytes, with non-temporal stores where it pays (x86-64; SSE2 is
+// its baseline). The caller fences (stream_fence) before the data is used.
+void copy_streaming(char* dst, const char* src, int64_t n) {
+#if defined(__x86_64__)
+  if (n >= kStreamMinBytes) {
+    const int64_t head = static_cast<int64_t>(-reinterpret_cast<uintptr_t>(dst) & 15);  // to 16-byte alignment
+    std::memcpy(dst, src, head);
+    int64_t i = head;
+    for (; i + 64 <= n; i += 64)
+      for (int j = 0; j < 64; j += 16)
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + j),
+                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + j)));
+    for (; i + 16 <= n; i += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    std::memcpy(dst + i, src + i, n - i);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n);
+}
+
+// Non-temporal stores are weakly ordered: fenced before the op returns.
+void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
 void realloc_pack_into_cpu(const at::Tensor& flat, const at::Tensor& boxes, at::Tensor& buffer) {
   check_flat("realloc_pack_into", "flat", flat);
   check_flat("realloc_pack_into", "buffer", buffer);
@@ -63,8 +102,9 @@ void realloc_unpack_cpu(at::Tensor& flat, const at::Tensor& buffer, const at::Te
     const char* src = static_cast<const char*>(buffer.data_ptr());
     char* dst = static_cast<char*>(flat.data_ptr());
     for_each_segment(bx, [&](const PackBox& b, int64_t r, int64_t c0, int64_t n) {
-      std::memcpy(dst + (b.offset + r * b.ld + c0) * es, src + (b.buf_offset + r * b.cols + c0) * es, n * es);
+      copy_streaming(dst + (b.offset + r * b.ld + c0) * es, src + (b.buf_offset + r * b.cols + c0) * es, n * es);
     });
+    stream_fence();
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, flat.scalar_type(), "realloc_unpack_ema", [&] {

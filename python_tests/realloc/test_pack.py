@@ -45,6 +45,26 @@ def test_pack_unpack_round_trip(device, dtype, n_boxes, region):
     assert torch.equal(target.cpu(), ref.unpack_(torch.zeros_like(flat).cpu(), packed.cpu(), boxes))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_unpack_wide_rows_at_any_alignment(dtype):
+    # The CPU unpack streams rows of 512 bytes and more past the cache (an
+    # unaligned head, 64-byte steps, 16-byte steps, a byte tail): rows of
+    # 500..1100 bytes starting at every offset mod 16 bytes, against the reference.
+    rng = np.random.default_rng(3)
+    rows, start, buf = [], 3, 0
+    for i in range(40):
+        cols = int(rng.integers(500, 1100)) // torch.empty((), dtype=dtype).element_size()
+        n_rows = int(rng.integers(1, 4))
+        ld = cols + int(rng.integers(0, 9))
+        rows.append([start, ld, n_rows, cols, buf])
+        buf += n_rows * cols
+        start += (n_rows - 1) * ld + cols + i % 16 + 1
+    boxes = torch.tensor(rows, dtype=torch.int64)
+    packed = (torch.randn(buf) * 50).to(dtype)
+    out = ops.unpack_(torch.zeros(start + 64, dtype=dtype), packed, boxes)
+    assert torch.equal(out, ref.unpack_(torch.zeros(start + 64, dtype=dtype), packed, boxes))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_pack_into_reused_buffer(device):
     flat = torch.randn(80000, device=device)

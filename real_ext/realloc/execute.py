@@ -18,7 +18,9 @@ def execute(plan: Plan, src_buffer: torch.Tensor | None, dst_buffer: torch.Tenso
 
     Called on every rank of ``group`` (default: the world), whose ranks are the
     ranks the layouts name. A rank outside the source (destination) mesh passes
-    None as src_buffer (dst_buffer). Extra memory stays under max_buffer_bytes.
+    None as src_buffer (dst_buffer). Extra memory stays under max_buffer_bytes;
+    on the CPU that staging memory is kept for the next call (a process holds
+    at most the last call's max_buffer_bytes of it per dtype).
     eta < 1 blends instead of copying: dst = eta * src + (1 - eta) * dst (an EMA
     of the source, e.g. for an EMA reference model). All checks run before any
     communication starts.
