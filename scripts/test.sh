@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 bash scripts/check_cuda_compile.sh
 cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$(python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" >/dev/null
-cmake --build build/cmake -j "$(nproc)" >/dev/null
+cmake --build build/cmake -j "$(nproc)" --target real_ext_tests >/dev/null  # the tests and the sources they exercise
 ctest --test-dir build/cmake --output-on-failure
 python -m pytest python_tests -q "$@"
