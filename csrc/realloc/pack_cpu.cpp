@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #if defined(__x86_64__)
@@ -22,34 +23,13 @@
 namespace real_ext::realloc {
 namespace {
 
-// fn(box, row, first column, columns) over every row of every box, in
-// parallel; rows longer than kSegment elements are cut so one long row (a 1-D
-// parameter) still spreads over the threads.
-constexpr int64_t kSegment = 1 << 15;
-
-template <typename Fn>
-void for_each_segment(const std::vector<PackBox>& boxes, const Fn& fn) {
-  std::vector<int64_t> first(boxes.size() + 1, 0), segs(boxes.size());
-  for (size_t i = 0; i < boxes.size(); ++i) {
-    segs[i] = boxes[i].cols > 0 ? (boxes[i].cols + kSegment - 1) / kSegment : 0;
-    first[i + 1] = first[i] + boxes[i].rows * segs[i];
-  }
-  at::parallel_for(0, first.back(), 4, [&](int64_t begin, int64_t end) {
-    size_t b = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
-    for (int64_t i = begin; i < end; ++i) {
-      while (i >= first[b + 1]) ++b;
-      const int64_t k = i - first[b], row = k / segs[b], c0 = (k % segs[b]) * kSegment;
-      fn(boxes[b], row, c0, std::min(kSegment, boxes[b].cols - c0));
-    }
-  });
-}
-
 // Rows shorter than this are plain memcpy: non-temporal stores of a few
 // lines flush partly filled write-combining buffers.
 constexpr int64_t kStreamMinBytes = 512;
 
 // memcpy of n bytes, with non-temporal stores where it pays (x86-64; SSE2 is
-// its baseline). The caller fences (stream_fence) before the data is used.
+// its baseline). The thread that stored fences (stream_fence) before the data
+// is used: non-temporal stores are weakly ordered.
 void copy_streaming(char* dst, const char* src, int64_t n) {
 #if defined(__x86_64__)
   if (n >= kStreamMinBytes) {
@@ -69,11 +49,33 @@ void copy_streaming(char* dst, const char* src, int64_t n) {
   std::memcpy(dst, src, n);
 }
 
-// Non-temporal stores are weakly ordered: fenced before the op returns.
 void stream_fence() {
 #if defined(__x86_64__)
   _mm_sfence();
 #endif
+}
+
+// fn(box, row, first column, columns) over every row of every box, in
+// parallel; rows longer than kSegment elements are cut so one long row (a 1-D
+// parameter) still spreads over the threads.
+constexpr int64_t kSegment = 1 << 15;
+
+template <typename Fn>
+void for_each_segment(const std::vector<PackBox>& boxes, const Fn& fn, bool fence = false) {
+  std::vector<int64_t> first(boxes.size() + 1, 0), segs(boxes.size());
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    segs[i] = boxes[i].cols > 0 ? (boxes[i].cols + kSegment - 1) / kSegment : 0;
+    first[i + 1] = first[i] + boxes[i].rows * segs[i];
+  }
+  at::parallel_for(0, first.back(), 4, [&](int64_t begin, int64_t end) {
+    size_t b = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
+    for (int64_t i = begin; i < end; ++i) {
+      while (i >= first[b + 1]) ++b;
+      const int64_t k = i - first[b], row = k / segs[b], c0 = (k % segs[b]) * kSegment;
+      fn(boxes[b], row, c0, std::min(kSegment, boxes[b].cols - c0));
+    }
+    if (fence) stream_fence();  // each thread its own stores
+  });
 }
 
 void realloc_pack_into_cpu(const at::Tensor& flat, const at::Tensor& boxes, at::Tensor& buffer) {
@@ -103,8 +105,7 @@ void realloc_unpack_cpu(at::Tensor& flat, const at::Tensor& buffer, const at::Te
     char* dst = static_cast<char*>(flat.data_ptr());
     for_each_segment(bx, [&](const PackBox& b, int64_t r, int64_t c0, int64_t n) {
       copy_streaming(dst + (b.offset + r * b.ld + c0) * es, src + (b.buf_offset + r * b.cols + c0) * es, n * es);
-    });
-    stream_fence();
+    }, /*fence=*/true);
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, flat.scalar_type(), "realloc_unpack_ema", [&] {

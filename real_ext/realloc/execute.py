@@ -14,7 +14,7 @@ DEFAULT_MAX_BUFFER_BYTES = 256 << 20
 def execute(plan: Plan, src_buffer: torch.Tensor | None, dst_buffer: torch.Tensor | None, group=None, *,
             max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES, eta: float = 1.0) -> int:
     """Move parameters as the plan says (dst_buffer is filled in place); returns
-    the staging bytes this rank allocated, at most max_buffer_bytes.
+    the staging bytes this rank used, at most max_buffer_bytes.
 
     Called on every rank of ``group`` (default: the world), whose ranks are the
     ranks the layouts name. A rank outside the source (destination) mesh passes
