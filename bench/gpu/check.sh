@@ -44,6 +44,7 @@ step() {  # step NAME LIMIT_S CMD...: run (if asked for and time is left), log t
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "CUDA", torch.version.cuda, "transformers", transformers.__version__)'
   nvcc --version | tail -1
+  echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 } >"$SUMMARY" 2>&1
 cat "$SUMMARY"
 
@@ -70,7 +71,13 @@ step model 90 python3 bench/bench_model.py --device cuda --dtype bfloat16 --out 
 step attention 150 python3 bench/bench_attention.py --device cuda --no-flex --out "$LOGS/attention.md"
 step attention_long 120 python3 bench/bench_attention.py --device cuda --no-flex --head-dims 128 \
   --batch 32 --min-len 512 --max-len 4096 --out "$LOGS/attention_long.md"
-for f in generate ppo pack gae model attention attention_long; do
+# The same machine's CPU cores, no GPU: the reallocation executor over gloo with one core per
+# worker (the development machines run 4-8 workers on 2 cores), and CPU generation on 2 of its
+# cores (another CPU class than the development machines').
+step realloc 240 python3 bench/bench_realloc.py --repeats 5 --out "$LOGS/realloc.md"
+step generate_cpu 150 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_generate.py --batches 64 \
+  --out "$LOGS/generate_cpu.md"
+for f in generate ppo pack gae model attention attention_long realloc generate_cpu; do
   [ -f "$LOGS/$f.md" ] && { echo; echo "## $f"; cat "$LOGS/$f.md"; } >>"$SUMMARY"
 done
 for f in "$LOGS"/*.log; do  # the end of every failed or empty table's log

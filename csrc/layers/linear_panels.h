@@ -18,11 +18,17 @@ inline int64_t panels_size(int64_t M, int64_t K) { return ((M + 7) / 8) * 8 * K;
 void pack_x_panels(int64_t M, const float* x, int64_t ldx, int64_t K, float* panels, int64_t p0, int64_t p1);
 void pack_x_panels(int64_t M, const uint16_t* x, int64_t ldx, int64_t K, float* panels, int64_t p0, int64_t p1);
 
-// Outputs [n0, n1) of the M rows packed in `panels`: W rows of stride ldw;
-// bias (optional) of W's type; y (M, N) row stride ldy.
-void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t ldw, const float* bias,
-                   float* y, int64_t ldy, int64_t n0, int64_t n1);
-void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t ldw, const uint16_t* bias,
-                   uint16_t* y, int64_t ldy, int64_t n0, int64_t n1);
+// Weight rows per work item of linear_panels (after one long run per thread):
+// a multiple of its 6-row blocks and of the 48 rows whose outputs it gathers
+// before writing them.
+constexpr int64_t kPanelItemRows = 48;
+
+// Outputs [n0, n1) of the M rows packed in `panels`: W (N rows of stride
+// ldw; rows past n1 are prefetched too, for the next work item); bias
+// (optional) of W's type; y (M, N) row stride ldy.
+void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t N, int64_t ldw,
+                   const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1);
+void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t N, int64_t ldw,
+                   const uint16_t* bias, uint16_t* y, int64_t ldy, int64_t n0, int64_t n1);
 
 }  // namespace real_ext

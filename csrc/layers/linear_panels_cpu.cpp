@@ -23,12 +23,21 @@ namespace real_ext {
 namespace {
 
 constexpr int kRowsW = 6;
+// Weight rows whose outputs are gathered (as tile[row][m], m contiguous: a
+// block stores its accumulators whole) before they are written to y, each
+// row of y one run of 48 floats. Storing a block's 6 x 16 outputs straight
+// into y, lane by lane, cost 18% of a call: conflict misses (y's rows are
+// ldy apart, often 4 KiB: the same L1 set) and the accumulators spilled to
+// the stack to be indexed by lane.
+constexpr int64_t kTileRows = kPanelItemRows;
+static_assert(kTileRows % kRowsW == 0);
 
 // Block of MR weight rows (float, row stride ldw) x one panel of NV vectors
-// (8 * NV rows of x, of which `valid` are real): y[m, n0 + i] for the valid m.
-template <int MR, int NV, typename S>
-REAL_EXT_INLINE void panel_block(const float* w, int64_t ldw, const float* panel, int64_t K, const S* bias,
-                                 int valid, S* y, int64_t ldy, const char* next) {
+// (8 * NV rows of x): the outputs of weight row i at out + i * ldo, the
+// panel's rows in order.
+template <int MR, int NV>
+REAL_EXT_INLINE void panel_block(const float* w, int64_t ldw, const float* panel, int64_t K, float* out, int64_t ldo,
+                                 const char* next) {
   vec8 acc[MR][NV] = {};
   // Rows 0..2 from one pointer and 3..5 from another, as (base + ldw * 1 or
   // 2) addresses: 3 registers for the 6 rows (GCC's one index register per
@@ -51,60 +60,66 @@ REAL_EXT_INLINE void panel_block(const float* w, int64_t ldw, const float* panel
       w3 += sizeof(float);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    const float b = bias == nullptr ? 0.f : load(bias, i);
-    for (int m = 0; m < valid; ++m) store(y, m * ldy + i, acc[i][m / 8][m % 8] + b);
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int c = 0; c < NV; ++c) store_vec(out + i * ldo + 8 * c, acc[i][c]);
 }
 
-// MR weight rows against every panel.
-template <int MR, typename S>
+// MR weight rows against every panel; outputs as in panel_block.
+template <int MR>
 REAL_EXT_INLINE void rows_against_panels(int64_t M, const float* panels, int64_t K, const float* w, int64_t ldw,
-                                         const S* bias, S* y, int64_t ldy, const char* next) {
+                                         float* out, int64_t ldo, const char* next) {
   for (int64_t m = 0; m < M; m += kPanelRows) {
     const float* panel = panels + m * K;
-    const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, M - m));
     const char* pf = m == 0 ? next : nullptr;
-    if (valid > 8)
-      panel_block<MR, 2>(w, ldw, panel, K, bias, valid, y + m * ldy, ldy, pf);
+    if (M - m > 8)
+      panel_block<MR, 2>(w, ldw, panel, K, out + m, ldo, pf);
     else
-      panel_block<MR, 1>(w, ldw, panel, K, bias, valid, y + m * ldy, ldy, pf);
+      panel_block<MR, 1>(w, ldw, panel, K, out + m, ldo, pf);
   }
 }
 
 template <typename S>
-REAL_EXT_INLINE void panels_t(int64_t M, const float* panels, int64_t K, const S* W, int64_t ldw, const S* bias,
-                              S* y, int64_t ldy, int64_t n0, int64_t n1) {
+REAL_EXT_INLINE void panels_t(int64_t M, const float* panels, int64_t K, const S* W, int64_t N, int64_t ldw,
+                              const S* bias, S* y, int64_t ldy, int64_t n0, int64_t n1) {
   thread_local std::vector<float> widened;  // bfloat16 weights: the block's rows in float
-  for (int64_t n = n0; n < n1; n += kRowsW) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRowsW, n1 - n));
-    const float* w;
-    int64_t ld;
-    if constexpr (sizeof(S) == sizeof(float)) {
-      w = W + n * ldw;
-      ld = ldw;
-    } else {
-      widened.resize(kRowsW * K);
-      for (int i = 0; i < rows; ++i)
-        for (int64_t k = 0; k < K; ++k) widened[i * K + k] = load(W + (n + i) * ldw, k);
-      w = widened.data();
-      ld = K;
+  thread_local std::vector<float> tile;     // outputs of kTileRows weight rows, (row, m)
+  const int64_t ldo = panels_size(M, 1);    // the panels' padded rows
+  tile.resize(kTileRows * ldo);
+  for (int64_t t0 = n0; t0 < n1; t0 += kTileRows) {
+    const int64_t t1 = std::min(n1, t0 + kTileRows);
+    for (int64_t n = t0; n < t1; n += kRowsW) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRowsW, t1 - n));
+      const float* w;
+      int64_t ld;
+      if constexpr (sizeof(S) == sizeof(float)) {
+        w = W + n * ldw;
+        ld = ldw;
+      } else {
+        widened.resize(kRowsW * K);
+        for (int i = 0; i < rows; ++i)
+          for (int64_t k = 0; k < K; ++k) widened[i * K + k] = load(W + (n + i) * ldw, k);
+        w = widened.data();
+        ld = K;
+      }
+      // Float weights: the next block's rows are prefetched (into L2) while
+      // the first panel runs, so the first panel of each block does not wait
+      // on memory (the rest find the block in L1).
+      const char* next = nullptr;
+      if constexpr (sizeof(S) == sizeof(float))
+        if (n + 2 * kRowsW <= N) next = reinterpret_cast<const char*>(W + (n + kRowsW) * ldw);
+      float* out = tile.data() + (n - t0) * ldo;
+      switch (rows) {
+        case 6: rows_against_panels<6>(M, panels, K, w, ld, out, ldo, next); break;
+        case 5: rows_against_panels<5>(M, panels, K, w, ld, out, ldo, next); break;
+        case 4: rows_against_panels<4>(M, panels, K, w, ld, out, ldo, next); break;
+        case 3: rows_against_panels<3>(M, panels, K, w, ld, out, ldo, next); break;
+        case 2: rows_against_panels<2>(M, panels, K, w, ld, out, ldo, next); break;
+        default: rows_against_panels<1>(M, panels, K, w, ld, out, ldo, next); break;
+      }
     }
-    const S* bn = bias == nullptr ? nullptr : bias + n;
-    // Float weights: the next block's rows are prefetched (into L2) while the
-    // first panel runs, so the first panel of each block does not wait on
-    // memory (the rest find the block in L1).
-    const char* next = nullptr;
-    if constexpr (sizeof(S) == sizeof(float))
-      if (n + 2 * kRowsW <= n1) next = reinterpret_cast<const char*>(W + (n + kRowsW) * ldw);
-    switch (rows) {
-      case 6: rows_against_panels<6>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
-      case 5: rows_against_panels<5>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
-      case 4: rows_against_panels<4>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
-      case 3: rows_against_panels<3>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
-      case 2: rows_against_panels<2>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
-      default: rows_against_panels<1>(M, panels, K, w, ld, bn, y + n, ldy, next); break;
-    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = t0; n < t1; ++n)
+        store(y, m * ldy + n, tile[(n - t0) * ldo + m] + (bias == nullptr ? 0.f : load(bias, n)));
   }
 }
 
@@ -130,13 +145,14 @@ REAL_EXT_CPU_CLONES void pack_x_panels(int64_t M, const uint16_t* x, int64_t ldx
   pack_t(M, x, ldx, K, panels, p0, p1);
 }
 
-REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t ldw,
-                                       const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  panels_t(M, panels, K, W, ldw, bias, y, ldy, n0, n1);
+REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t N,
+                                       int64_t ldw, const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  panels_t(M, panels, K, W, N, ldw, bias, y, ldy, n0, n1);
 }
-REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t ldw,
-                                       const uint16_t* bias, uint16_t* y, int64_t ldy, int64_t n0, int64_t n1) {
-  panels_t(M, panels, K, W, ldw, bias, y, ldy, n0, n1);
+REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t N,
+                                       int64_t ldw, const uint16_t* bias, uint16_t* y, int64_t ldy, int64_t n0,
+                                       int64_t n1) {
+  panels_t(M, panels, K, W, N, ldw, bias, y, ldy, n0, n1);
 }
 
 }  // namespace real_ext
