@@ -1,18 +1,16 @@
 // Pieces shared by the CPU attention kernels (packed: tiled and short-sequence;
-// decode): a sequence's place and causal mask, softmax over score rows, and
-// the work-item scheduler.
+// decode): a sequence's place and causal mask, softmax over score rows; the
+// work-item scheduler (common/cpu_parallel.h) comes with it.
 #pragma once
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
-#include <atomic>
 #include <limits>
 #include <utility>
 #include <vector>
 
 #include "attention/varlen_attn_checks.h"
 #include "common/cpu_math.h"
+#include "common/cpu_parallel.h"
 
 namespace real_ext {
 
@@ -96,17 +94,6 @@ REAL_EXT_INLINE void probs_from_lse_t(T* s, int64_t rows, int64_t n, int64_t ld,
     for (int64_t j = 0; j < c; ++j) row[j] = exp_t(row[j] - sub);
     std::fill(row + c, row + n, T(0));
   }
-}
-
-// Runs work items 0..n-1 in the order given, each thread taking the next free
-// one; callers sort items by decreasing cost (longest-first greedy balancing).
-template <typename Fn>
-inline void run_items_dynamic(int64_t n, const Fn& fn) {
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(n, 1));
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next++; i < n; i = next++) fn(i);
-  });
 }
 
 inline std::vector<SeqView> seq_views(const VarlenAttnShape& s) {

@@ -12,9 +12,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "common/cpu_math.h"
+#include "common/cpu_parallel.h"
 #include "common/cpu_vec16.h"
 #include "layers/layer_checks.h"
 #include "layers/linear_bf16_dot.h"
@@ -193,14 +193,11 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
         const int64_t units = (N + kPanelItemRows - 1) / kPanelItemRows, long_units = units * 3 / 4 / threads;
         const int64_t long_items = long_units > 0 ? threads : 0;
         const int64_t items = long_items + units - long_items * long_units;
-        std::atomic<int64_t> next{0};
-        at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
-          for (int64_t i = next++; i < items; i = next++) {
-            const int64_t u0 = i < long_items ? i * long_units : long_items * long_units + (i - long_items);
-            const int64_t u1 = i < long_items ? u0 + long_units : u0 + 1;
-            linear_panels(rows, packed.data_ptr<float>(), K, wp, N, w.stride(0), bp, ym, N, u0 * kPanelItemRows,
-                          std::min(N, u1 * kPanelItemRows));
-          }
+        run_items_dynamic(items, [&](int64_t i) {
+          const int64_t u0 = i < long_items ? i * long_units : long_items * long_units + (i - long_items);
+          const int64_t u1 = i < long_items ? u0 + long_units : u0 + 1;
+          linear_panels(rows, packed.data_ptr<float>(), K, wp, N, w.stride(0), bp, ym, N, u0 * kPanelItemRows,
+                        std::min(N, u1 * kPanelItemRows));
         });
       } else {
         const at::Tensor xf = x.narrow(0, m0, rows).to(at::kFloat).contiguous();
