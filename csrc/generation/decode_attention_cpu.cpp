@@ -24,7 +24,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -35,6 +34,7 @@
 
 #include "attention/attn_cpu_rows.h"
 #include "common/cpu_math.h"
+#include "common/cpu_parallel.h"
 #include "common/cpu_vec16.h"
 #include "common/cpu_vec8.h"
 #include "generation/generation_checks.h"
@@ -405,19 +405,16 @@ void decode_all(const DecodeView& x, const T* q, T* out, const T* k_cache, const
   const int64_t per_range = (x.heads_kv + ranges - 1) / ranges;
   const int64_t items_per_seq = (x.heads_kv + per_range - 1) / per_range;
   const int64_t n = batch * items_per_seq, G = x.heads_q / x.heads_kv, D = x.head_dim;
-  std::atomic<int64_t> next{0};
   const bool wide = wide_vectors();
-  at::parallel_for(0, std::min(threads, std::max<int64_t>(n, 1)), 1, [&](int64_t, int64_t) {
+  run_items_dynamic(n, [&](int64_t i) {
     thread_local std::vector<float> work;
     thread_local std::vector<int64_t> rows;
-    for (int64_t i = next++; i < n; i = next++) {
-      const int64_t b = order[i / items_per_seq], h0 = (i % items_per_seq) * per_range;
-      const int64_t nh = std::min(per_range, x.heads_kv - h0), L = x.seq_lens[b];
-      const int64_t need = nh * G * (2 * D + L);
-      if (static_cast<int64_t>(work.size()) < need) work.resize(need);
-      if (static_cast<int64_t>(rows.size()) < L) rows.resize(L);
-      decode_item(x, q, out, k_cache, v_cache, b, h0, nh, work.data(), rows.data(), wide, dot);
-    }
+    const int64_t b = order[i / items_per_seq], h0 = (i % items_per_seq) * per_range;
+    const int64_t nh = std::min(per_range, x.heads_kv - h0), L = x.seq_lens[b];
+    const int64_t need = nh * G * (2 * D + L);
+    if (static_cast<int64_t>(work.size()) < need) work.resize(need);
+    if (static_cast<int64_t>(rows.size()) < L) rows.resize(L);
+    decode_item(x, q, out, k_cache, v_cache, b, h0, nh, work.data(), rows.data(), wide, dot);
   });
 }
 
