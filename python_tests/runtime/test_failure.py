@@ -48,6 +48,9 @@ import signal
 from python_tests.runtime import experiments as ex
 from real_ext.runtime import Master
 if __name__ == "__main__":
+    # Ctrl-C as in a terminal's foreground job: a run started in the background (a CI script
+    # under `&`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's stack dump if the run hangs
     with Master(ex.ppo_models(), ex.ppo(ex.four_workers()), ex.prompts(), 4) as master:
         print(*(p.pid for p in master.launcher.procs), flush=True)
@@ -72,7 +75,7 @@ def test_ctrl_c_stops_master_and_workers(tmp_path):
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            # A hang here was seen once in a full CI run and not reproduced alone: report where the master is.
+            # Say where the master is stuck.
             alive = [p for p in pids if ex.alive(p)]
             os.kill(proc.pid, signal.SIGUSR1)
             time.sleep(1.0)
