@@ -1,6 +1,5 @@
 // Pieces shared by the CPU attention kernels (packed: tiled and short-sequence;
-// decode): a sequence's place and causal mask, softmax over score rows; the
-// work-item scheduler (common/cpu_parallel.h) comes with it.
+// decode): a sequence's place and causal mask, softmax over score rows.
 #pragma once
 
 #include <algorithm>
@@ -10,7 +9,6 @@
 
 #include "attention/varlen_attn_checks.h"
 #include "common/cpu_math.h"
-#include "common/cpu_parallel.h"
 
 namespace real_ext {
 

@@ -12,7 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -20,6 +19,7 @@
 #include "attention/varlen_attn_checks.h"
 #include "attention/varlen_attn_short_cpu.h"
 #include "common/cpu_math.h"
+#include "common/cpu_parallel.h"
 
 namespace real_ext {
 namespace {

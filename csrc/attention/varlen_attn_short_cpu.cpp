@@ -21,6 +21,7 @@
 #include "attention/attn_cpu_rows.h"
 #include "common/check.h"
 #include "common/cpu_math.h"
+#include "common/cpu_parallel.h"
 #include "common/cpu_vec16.h"
 #include "common/cpu_vec8.h"
 
