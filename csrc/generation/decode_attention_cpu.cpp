@@ -64,24 +64,22 @@ struct DecodeView {
 // spread over the kv heads' work, since a burst of misses stalls the core.
 constexpr int64_t kAhead = 32;
 
+// The lines of span elements from p (locality: __builtin_prefetch's, 3 = L1).
+template <int kLocality, typename T>
+REAL_EXT_INLINE void prefetch_span(const T* p, int64_t span) {
+  for (int64_t off = 0; off < span * static_cast<int64_t>(sizeof(T)); off += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + off, 0, kLocality);
+}
+
 template <typename T>
 REAL_EXT_INLINE void prefetch_rows(const T* cache, const int64_t* rows, int64_t first, int64_t last, int64_t span) {
-  for (int64_t j = first; j < last; ++j) {
-    const char* p = reinterpret_cast<const char*>(cache + rows[j]);
-    for (int64_t off = 0; off < span * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(p + off, 0, 2);
-  }
+  for (int64_t j = first; j < last; ++j) prefetch_span<2>(cache + rows[j], span);
 }
 
 // The token-major passes prefetch (into L1) the rows of the token kNext
 // places on: the hardware prefetchers follow the reads within a block, but
 // the next block lies anywhere in the pool and they would start over there.
 constexpr int64_t kNext = 4;
-
-template <typename T>
-REAL_EXT_INLINE void prefetch_span(const T* p, int64_t span) {
-  for (int64_t off = 0; off < span * static_cast<int64_t>(sizeof(T)); off += 64)
-    __builtin_prefetch(reinterpret_cast<const char*>(p) + off, 0, 3);
-}
 
 // Register blocking: with AVX-512 (wide_vectors()) vectors of 16 floats, up
 // to 4 q rows at a time; with AVX2, vectors of 8 floats (one ymm each), 2
@@ -349,7 +347,7 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
     for (int64_t j0 = 0; j0 < L; j0 += 16) {
       const int64_t n = std::min<int64_t>(16, L - j0);
       for (int64_t t = 0; t < n; ++t) {
-        if (j0 + t + kNext < L) prefetch_span(k_cache + rows[j0 + t + kNext], span);
+        if (j0 + t + kNext < L) prefetch_span<3>(k_cache + rows[j0 + t + kNext], span);
         const T* row = k_cache + rows[j0 + t];
         for (int64_t h = 0; h < nh; ++h) scores_token_head<B>(q + h * G * D, row + h * D, D, G, part + h * G * 16 + t);
       }
@@ -364,7 +362,7 @@ REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, c
   for (int64_t i = 0; i < nq; ++i) softmax_row(scores + i * L, L);
   // Pass 3.
   for (int64_t t = 0; t < L; ++t) {
-    if (t + kNext < L) prefetch_span(v_cache + rows[t + kNext], span);
+    if (t + kNext < L) prefetch_span<3>(v_cache + rows[t + kNext], span);
     const T* row = v_cache + rows[t];
     for (int64_t h = 0; h < nh; ++h) accumulate_token_head<B>(scores + h * G * L + t, L, row + h * D, D, G, acc + h * G * D);
   }
