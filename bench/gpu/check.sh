@@ -65,6 +65,7 @@ step generate 150 python3 bench/bench_generate.py --device cuda --dtype bfloat16
 step ppo 150 python3 bench/bench_ppo_gpu.py --out-dir "$LOGS"
 [ -f "$LOGS/ppo_timeline.png" ] && cp "$LOGS/ppo_timeline.png" "$OUT_DIR/"
 step pack 60 python3 bench/bench_pack.py --device cuda --out "$LOGS/pack.md"
+step decode 60 python3 bench/bench_decode_attention.py --device cuda --dtype bfloat16 --out "$LOGS/decode.md"
 step gae 60 python3 bench/bench_gae.py --device cuda --out "$LOGS/gae.md"
 step layers 60 python3 bench/bench_layers.py --device cuda --dtypes bfloat16 --tokens 8192,64 --out "$LOGS/layers.md"
 step model 90 python3 bench/bench_model.py --device cuda --dtype bfloat16 --out "$LOGS/model.md"
@@ -77,7 +78,9 @@ step attention_long 120 python3 bench/bench_attention.py --device cuda --no-flex
 step realloc 240 python3 bench/bench_realloc.py --repeats 5 --out "$LOGS/realloc.md"
 step generate_cpu 150 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_generate.py --batches 64 \
   --out "$LOGS/generate_cpu.md"
-for f in generate ppo pack gae model attention attention_long realloc generate_cpu; do
+step decode_cpu 60 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_decode_attention.py \
+  --out "$LOGS/decode_cpu.md"
+for f in generate ppo pack decode gae model attention attention_long realloc generate_cpu decode_cpu; do
   [ -f "$LOGS/$f.md" ] && { echo; echo "## $f"; cat "$LOGS/$f.md"; } >>"$SUMMARY"
 done
 for f in "$LOGS"/*.log; do  # the end of every failed or empty table's log

@@ -292,7 +292,8 @@ constexpr int64_t decode_work_floats(int64_t nq, int64_t D, int64_t L) { return 
 // head's) ran at ~4 GB/s from DRAM on one Zen 3 core where a plain read gets
 // 11, software prefetch or not; token by token, 64 sequences x 8 layers' pools
 // took 2.4 ms per call on 2 threads where head by head took 3.4. The price is
-// pass 3's accumulators going through L1 (~15% slower on caches in L2/L3).
+// pass 3's accumulators going through L1: 15-30% slower where the cache sits
+// in L2/L3 or a batch of 4 leaves one kv head per item (bench/RESULTS.md).
 template <typename B, bool kDot, typename T>
 REAL_EXT_INLINE void decode_item_t(const DecodeView& x, const T* q_in, T* out, const T* k_cache, const T* v_cache,
                                    int64_t b, int64_t h0, int64_t nh, float* work, int64_t* rows) {
