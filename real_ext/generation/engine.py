@@ -26,6 +26,7 @@ from real_ext.generation.config import GenerationConfig, GenerationOutput
 from real_ext.generation.cuda_graphs import DecodeGraphs, usable
 from real_ext.generation.kv_cache import CacheStep, PagedKVCache
 from real_ext.generation.rng import uniforms
+from real_ext.heap import holding
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds activation memory)
 
@@ -178,12 +179,14 @@ def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tens
     return model.head_output(model.forward_stage(*decode_inputs(model, cache, running)))
 
 
+@holding
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
              prompt_ids: list[int] | None = None) -> GenerationOutput:
     """Continue every prompt n_samples times. ``prompt_ids`` (default 0..P-1)
     are global prompt numbers that key the random streams, so that data-parallel
-    ranks each generating their share draw what one process would for all."""
+    ranks each generating their share draw what one process would for all.
+    Freed host memory stays in the process until it returns (real_ext/heap.py)."""
     check_request(model, prompts, config)
     if model.ctx.pp > 1:
         from real_ext.generation.pipelined import generate_pipelined

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from real_ext.data.packed import PackedBatch
+from real_ext.heap import holding
 from real_ext.model.params import KV_COLUMN, REPLICATED
 from real_ext.parallel.comm import all_reduce_
 
@@ -153,6 +154,7 @@ class Trainer:
 
     # ------------------------------------------------------------ the step
 
+    @holding
     def train_step(self, batch: PackedBatch, loss_fn: Callable, *, n_microbatches: int = 1,
                    loss_weight: Callable[[PackedBatch], float] = tokens,
                    group_key: str | None = None) -> dict[str, float]:
@@ -161,7 +163,8 @@ class Trainer:
         ``loss_fn(model, hidden, mb) -> (loss, stats)`` gets the final hidden
         states of micro-batch ``mb`` on the last pipeline stage (read them with
         ``model.head_output`` / ``model.token_logprobs``) and returns the
-        micro-batch's mean loss and a dict of float statistics.
+        micro-batch's mean loss and a dict of float statistics. Freed host
+        memory stays in the process until it returns (real_ext/heap.py).
         """
         model, ctx = self.model, self.ctx
         mbs = batch.split(min(n_microbatches, batch.n_groups(group_key)), group_key)

@@ -20,6 +20,7 @@ import time
 import traceback
 from multiprocessing.connection import Client, Listener, wait
 
+from real_ext.heap import hold_for_process
 from real_ext.runtime import ops
 
 
@@ -41,6 +42,7 @@ def serve(rank: int, world_size: int, conn, setup, threads: int, rendezvous: dic
         import torch
         import torch.distributed as dist
         torch.set_num_threads(threads)
+        hold_for_process()   # a worker re-runs the same calls: keep their memory (real_ext/heap.py)
         backend = "nccl" if setup.device.startswith("cuda") else "gloo"
         if backend == "nccl":
             # Local: worker r on GPU r mod the GPU count; under Ray each worker sees only its own GPU.

@@ -1,0 +1,98 @@
+"""Keep freed host memory in the process while real_ext works (glibc only).
+
+glibc hands large freed blocks straight back to the kernel: a block above its
+mmap threshold (at most 32 MiB by default) is unmapped on free, and a heap
+whose free top passes the trim threshold is shrunk. Generation and training
+free and reallocate the same large activations every layer, so each call then
+page-faults its memory back in and the kernel zeroes every page afresh. On the
+bench machine (bench/RESULTS.md, stop 26) that was 0.9-1.7 s of kernel time per
+generate() of the 64-prompt bench (0.4-0.6 s holding) and 4.9 s per training
+step of bench_model (2.2 s holding): 5-10% of the wall time.
+
+Inside ``hold_freed_memory()`` both thresholds are raised, so freed blocks stay
+in the heap and the next allocation reuses them, as PyTorch's CUDA caching
+allocator does on a GPU. On leaving the outermost scope the thresholds go back
+to glibc's dynamic ceilings (32 MiB mmap, 64 MiB trim; glibc cannot return to
+its dynamic mode once they are set) and ``malloc_trim`` gives the free pages
+back. generate() and Trainer.train_step enter it themselves; a caller looping
+over them can wrap the whole loop to keep the memory between calls. Worker
+processes hold it for their whole life (``hold_for_process``): a worker stands
+in for one GPU and re-runs the same calls.
+
+``REAL_EXT_HOLD_FREED_MEMORY=0`` turns it off. Without glibc it does nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+import platform
+import threading
+
+M_TRIM_THRESHOLD = -1   # mallopt parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+HELD = 1 << 30          # a freed block below 1 GiB stays in the heap
+GLIBC_CEILINGS = (32 << 20, 64 << 20)   # (mmap, trim): where glibc's dynamic thresholds stop
+
+_lock = threading.Lock()
+_depth = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """glibc's handle, or None (another C library, or turned off)."""
+    if os.environ.get("REAL_EXT_HOLD_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _set_thresholds(mmap: int, trim: int) -> None:
+    libc = _libc()
+    if not libc.mallopt(M_MMAP_THRESHOLD, mmap):
+        # Older glibc refuses an mmap threshold above 32 MiB; setting none at
+        # all would leave it at 128 KiB, since any mallopt ends the dynamic mode.
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_CEILINGS[0])
+    libc.mallopt(M_TRIM_THRESHOLD, trim)
+
+
+def _enter() -> None:
+    global _depth
+    with _lock:
+        if _depth == 0 and _libc() is not None:
+            _set_thresholds(HELD, HELD)
+        _depth += 1
+
+
+def _leave() -> None:
+    global _depth
+    with _lock:
+        _depth -= 1
+        if _depth == 0 and _libc() is not None:
+            _set_thresholds(*GLIBC_CEILINGS)
+            _libc().malloc_trim(0)
+
+
+@contextlib.contextmanager
+def hold_freed_memory():
+    """Freed host memory stays in the process until the outermost scope ends."""
+    _enter()
+    try:
+        yield
+    finally:
+        _leave()
+
+
+def holding(fn):
+    """Decorator: ``fn`` runs inside hold_freed_memory()."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with hold_freed_memory():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def hold_for_process() -> None:
+    """Hold freed memory until the process exits (worker processes)."""
+    _enter()
