@@ -7,7 +7,9 @@ free and reallocate the same large activations every layer, so each call then
 page-faults its memory back in and the kernel zeroes every page afresh. On the
 bench machine (bench/RESULTS.md, stop 26) that was 0.9-1.7 s of kernel time per
 generate() of the 64-prompt bench (0.4-0.6 s holding) and 4.9 s per training
-step of bench_model (2.2 s holding): 5-10% of the wall time.
+step of bench_model (2.2 s holding): 5-10% of the wall time. The price is a
+somewhat higher peak (bench_model: +7%): a kept block does not always fit the
+next request.
 
 Inside ``hold_freed_memory()`` both thresholds are raised, so freed blocks stay
 in the heap and the next allocation reuses them, as PyTorch's CUDA caching
