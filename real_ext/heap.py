@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import os
 import platform
@@ -47,7 +46,7 @@ def _libc():
     """glibc's handle, or None (another C library, or turned off)."""
     if os.environ.get("REAL_EXT_HOLD_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return ctypes.CDLL("libc.so.6")   # glibc's soname on every Linux it runs on
 
 
 def _set_thresholds(mmap: int, trim: int) -> None:
