@@ -77,21 +77,13 @@ def _leave() -> None:
 
 @contextlib.contextmanager
 def hold_freed_memory():
-    """Freed host memory stays in the process until the outermost scope ends."""
+    """Freed host memory stays in the process until the outermost scope ends
+    (also a decorator: ``@hold_freed_memory()``)."""
     _enter()
     try:
         yield
     finally:
         _leave()
-
-
-def holding(fn):
-    """Decorator: ``fn`` runs inside hold_freed_memory()."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with hold_freed_memory():
-            return fn(*args, **kwargs)
-    return wrapper
 
 
 def hold_for_process() -> None:

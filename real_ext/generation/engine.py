@@ -26,7 +26,7 @@ from real_ext.generation.config import GenerationConfig, GenerationOutput
 from real_ext.generation.cuda_graphs import DecodeGraphs, usable
 from real_ext.generation.kv_cache import CacheStep, PagedKVCache
 from real_ext.generation.rng import uniforms
-from real_ext.heap import holding
+from real_ext.heap import hold_freed_memory
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds activation memory)
 
@@ -179,7 +179,7 @@ def decode_step(model, cache: PagedKVCache, running: list[Sample]) -> torch.Tens
     return model.head_output(model.forward_stage(*decode_inputs(model, cache, running)))
 
 
-@holding
+@hold_freed_memory()
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
              prompt_ids: list[int] | None = None) -> GenerationOutput:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from real_ext.data.packed import PackedBatch
-from real_ext.heap import holding
+from real_ext.heap import hold_freed_memory
 from real_ext.model.params import KV_COLUMN, REPLICATED
 from real_ext.parallel.comm import all_reduce_
 
@@ -154,7 +154,7 @@ class Trainer:
 
     # ------------------------------------------------------------ the step
 
-    @holding
+    @hold_freed_memory()
     def train_step(self, batch: PackedBatch, loss_fn: Callable, *, n_microbatches: int = 1,
                    loss_weight: Callable[[PackedBatch], float] = tokens,
                    group_key: str | None = None) -> dict[str, float]:
