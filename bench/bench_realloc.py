@@ -132,7 +132,8 @@ def worker(rank, world, pair_index, repeats, max_buffer_bytes):
         dist.broadcast(full, src=0)
         if rank in dst.shards:
             offsets = [sum(sizes[:i]) for i in range(len(names))]
-            dst.shard_of({n: full[o:o + k].view(src.params[n]) for n, o, k in zip(names, offsets, sizes)}, rank)
+            views = {n: full[o:o + k].view(src.params[n]) for n, o, k in zip(names, offsets, sizes)}
+            dst.shard_of({n: v.t() if n in dst.transposed else v for n, v in views.items()}, rank)
 
     t_naive, = timed([naive], repeats)
 

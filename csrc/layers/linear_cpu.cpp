@@ -142,8 +142,15 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
                            : dt == at::kFloat    ? kMaxRowsFloat
                            : dt == at::kBFloat16 ? kMaxRowsBFloat16
                                                  : 0;
+  // A row-parallel weight of the flat buffer is a transposed view (stride (1,
+  // ldk): real_ext/model/shards.py). The panels read it in place; the
+  // AVX-512 kernels read weight rows, so there ATen's product (which takes a
+  // transposed operand as it is) serves it.
+  const bool k_major = weight.stride(1) != 1 && weight.stride(0) == 1;
+  if (k_major && !panels) return at::linear(x, weight, bias);
   if (!bf16_gemm && !panels && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
-  const at::Tensor w = rows_view(weight);
+  const at::Tensor w = k_major ? weight : rows_view(weight);
+  const int64_t ldw = k_major ? w.stride(1) : w.stride(0);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({M, N}, x.options());
   const int64_t grain_rows = std::max<int64_t>(16, kGrainBytes / std::max<int64_t>(1, K * w.element_size()));
@@ -196,7 +203,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
         run_items_dynamic(items, [&](int64_t i) {
           const int64_t u0 = i < long_items ? i * long_units : long_items * long_units + (i - long_items);
           const int64_t u1 = i < long_items ? u0 + long_units : u0 + 1;
-          linear_panels(rows, packed.data_ptr<float>(), K, wp, N, w.stride(0), bp, ym, N, u0 * kPanelItemRows,
+          linear_panels(rows, packed.data_ptr<float>(), K, wp, N, ldw, k_major, bp, ym, N, u0 * kPanelItemRows,
                         std::min(N, u1 * kPanelItemRows));
         });
       } else {

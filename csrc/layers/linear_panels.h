@@ -24,11 +24,13 @@ void pack_x_panels(int64_t M, const uint16_t* x, int64_t ldx, int64_t K, float* 
 constexpr int64_t kPanelItemRows = 48;
 
 // Outputs [n0, n1) of the M rows packed in `panels`: W (N rows of stride
-// ldw; rows past n1 are prefetched too, for the next work item); bias
-// (optional) of W's type; y (M, N) row stride ldy.
-void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t N, int64_t ldw,
+// ldw; rows past n1 are prefetched too, for the next work item), or with
+// k_major W stored transposed (K rows of stride ldw: weight (n, k) at
+// W[k * ldw + n], a row-parallel weight of the flat buffer); bias (optional)
+// of W's type; y (M, N) row stride ldy.
+void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t N, int64_t ldw, bool k_major,
                    const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1);
-void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t N, int64_t ldw,
+void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t N, int64_t ldw, bool k_major,
                    const uint16_t* bias, uint16_t* y, int64_t ldy, int64_t n0, int64_t n1);
 
 }  // namespace real_ext

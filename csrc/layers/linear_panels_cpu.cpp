@@ -78,6 +78,81 @@ REAL_EXT_INLINE void rows_against_panels(int64_t M, const float* panels, int64_t
   }
 }
 
+// A k-major W (weight (n, k) at W[k * ldw + n]: a row-parallel weight of the
+// flat buffer, stored transposed) is the natural right operand of a GEMM.
+// Its 16 columns n.. are first copied into one contiguous block (K rows of
+// 16 floats: read in place, the rows lie ldw apart, a page every few rows,
+// and every panel would walk them again). A block of the product is MR rows
+// of x (scalars broadcast from a panel, rows i0..) x those 16 outputs: 12
+// accumulators, 12 FMAs per 2 loads and 6 broadcasts, as panel_block, and
+// the sums land as 16 consecutive values of each of y's rows.
+template <int MR, typename S>
+REAL_EXT_INLINE void k_major_block(const float* xk, int64_t width, int64_t K, const float* w, const S* bias, S* y,
+                                   int64_t ldy) {
+  vec8 acc[MR][2] = {};
+  for (int64_t k = 0; k < K; ++k, xk += width, w += 16) {
+    const vec8 w0 = load8(w), w1 = load8(w + 8);
+    for (int i = 0; i < MR; ++i) {
+      acc[i][0] += xk[i] * w0;
+      acc[i][1] += xk[i] * w1;
+    }
+  }
+  const vec8 b0 = bias == nullptr ? vec8{} : load8(bias), b1 = bias == nullptr ? vec8{} : load8(bias + 8);
+  for (int i = 0; i < MR; ++i) {
+    const vec8 v0 = acc[i][0] + b0, v1 = acc[i][1] + b1;
+    S* out = y + i * ldy;
+    if constexpr (sizeof(S) == sizeof(float)) {
+      store_vec(reinterpret_cast<float*>(out), v0);
+      store_vec(reinterpret_cast<float*>(out) + 8, v1);
+    } else {
+      for (int j = 0; j < 8; ++j) {
+        store(out, j, v0[j]);
+        store(out, 8 + j, v1[j]);
+      }
+    }
+  }
+}
+
+// Outputs [n0, n1) of a k-major W in blocks of 16, each block's weights
+// against every panel; the last n1 - n0 < 16 outputs one dot product at a time.
+template <typename S>
+REAL_EXT_INLINE void k_major_t(int64_t M, const float* panels, int64_t K, const S* W, int64_t ldw, const S* bias, S* y,
+                               int64_t ldy, int64_t n0, int64_t n1) {
+  thread_local std::vector<float> block;  // W's columns n..n+16 as K rows of 16 floats
+  block.resize(16 * K);
+  int64_t n = n0;
+  for (; n + 16 <= n1; n += 16) {
+    for (int64_t k = 0; k < K; ++k) {
+      store_vec(block.data() + k * 16, load8(W + k * ldw + n));
+      store_vec(block.data() + k * 16 + 8, load8(W + k * ldw + n + 8));
+    }
+    const S* bn = bias == nullptr ? nullptr : bias + n;
+    for (int64_t m0 = 0; m0 < M; m0 += kPanelRows) {
+      const int64_t valid = std::min<int64_t>(kPanelRows, M - m0), width = valid > 8 ? 16 : 8;
+      for (int64_t i0 = 0; i0 < valid; i0 += 6) {
+        const float* xk = panels + m0 * K + i0;
+        S* out = y + (m0 + i0) * ldy + n;
+        switch (std::min<int64_t>(6, valid - i0)) {
+          case 6: k_major_block<6>(xk, width, K, block.data(), bn, out, ldy); break;
+          case 5: k_major_block<5>(xk, width, K, block.data(), bn, out, ldy); break;
+          case 4: k_major_block<4>(xk, width, K, block.data(), bn, out, ldy); break;
+          case 3: k_major_block<3>(xk, width, K, block.data(), bn, out, ldy); break;
+          case 2: k_major_block<2>(xk, width, K, block.data(), bn, out, ldy); break;
+          default: k_major_block<1>(xk, width, K, block.data(), bn, out, ldy); break;
+        }
+      }
+    }
+  }
+  for (; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t m0 = m / kPanelRows * kPanelRows, width = M - m0 > 8 ? 16 : 8;
+      const float* xm = panels + m0 * K + (m - m0);
+      float sum = bias == nullptr ? 0.f : load(bias, n);
+      for (int64_t k = 0; k < K; ++k) sum += xm[k * width] * load(W + k * ldw, n);
+      store(y, m * ldy + n, sum);
+    }
+}
+
 template <typename S>
 REAL_EXT_INLINE void panels_t(int64_t M, const float* panels, int64_t K, const S* W, int64_t N, int64_t ldw,
                               const S* bias, S* y, int64_t ldy, int64_t n0, int64_t n1) {
@@ -146,13 +221,20 @@ REAL_EXT_CPU_CLONES void pack_x_panels(int64_t M, const uint16_t* x, int64_t ldx
 }
 
 REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const float* W, int64_t N,
-                                       int64_t ldw, const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  panels_t(M, panels, K, W, N, ldw, bias, y, ldy, n0, n1);
+                                       int64_t ldw, bool k_major, const float* bias, float* y, int64_t ldy, int64_t n0,
+                                       int64_t n1) {
+  if (k_major)
+    k_major_t(M, panels, K, W, ldw, bias, y, ldy, n0, n1);
+  else
+    panels_t(M, panels, K, W, N, ldw, bias, y, ldy, n0, n1);
 }
 REAL_EXT_CPU_CLONES void linear_panels(int64_t M, const float* panels, int64_t K, const uint16_t* W, int64_t N,
-                                       int64_t ldw, const uint16_t* bias, uint16_t* y, int64_t ldy, int64_t n0,
-                                       int64_t n1) {
-  panels_t(M, panels, K, W, N, ldw, bias, y, ldy, n0, n1);
+                                       int64_t ldw, bool k_major, const uint16_t* bias, uint16_t* y, int64_t ldy,
+                                       int64_t n0, int64_t n1) {
+  if (k_major)
+    k_major_t(M, panels, K, W, ldw, bias, y, ldy, n0, n1);
+  else
+    panels_t(M, panels, K, W, N, ldw, bias, y, ldy, n0, n1);
 }
 
 }  // namespace real_ext

@@ -183,13 +183,20 @@ def test_opcheck(device):
 # Without AVX-512 (linear_panels): x in panels of 16 rows, the last one 8 wide
 # when 8 or fewer are left (9, 17, 24, 25, 33, 100), weight rows in blocks of 6
 # (n = 67, 33: a tail of 1 and 3 rows), float32 up to 128 rows, bfloat16 in
-# chunks of 128 (256, 257).
+# chunks of 128 (256, 257). A transposed weight (a row-parallel weight of the
+# flat buffer, stored (in, out)) is read in place by the panels, gathered 6
+# outputs at a time; by ATen elsewhere.
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 24, 25, 33, 64, 100, 128, 256, 257])
 @pytest.mark.parametrize("k,n,bias", [(256, 67, False), (40, 33, True), (7, 5, True), (1100, 19, True)], ids=str)
-def test_linear_matches_float64(rows, k, n, bias, dtype, device):
+@pytest.mark.parametrize("stored", ["rows", "transposed"])
+def test_linear_matches_float64(rows, k, n, bias, stored, dtype, device):
     x = _rand((rows, k), dtype, device, 21)
-    fused = _rand((n + 3, k), dtype, device, 22)
-    weight = fused[2:n + 2]  # an offset view, as the flat buffer's parameters are
+    if stored == "rows":
+        fused = _rand((n + 3, k), dtype, device, 22)
+        weight = fused[2:n + 2]  # an offset view, as the flat buffer's parameters are
+    else:
+        fused = _rand((k, n + 3), dtype, device, 22)
+        weight = fused[:, 2:n + 2].t()  # stride (1, n + 3): wider rows than n
     b = _rand((n,), dtype, device, 23) if bias else None
     out = ops.linear(x, weight, b)
     out64 = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())

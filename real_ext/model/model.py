@@ -115,7 +115,7 @@ class ReaLModel(nn.Module):
         forget_fused(self)
         params = dict(self.named_parameters())
         for s in self.shards:
-            params[s.spec.name].data = self.flat[s.offset:s.offset + s.numel].view(s.local_shape)
+            params[s.spec.name].data = s.view(self.flat)
 
     def release_storage(self) -> torch.Tensor:
         """Detach the flat buffer (to offload it); parameters are empty until adopt_storage."""

@@ -3,15 +3,27 @@ where it sits in that rank's flat parameter buffer.
 
 A box is a row range x a column range in the parameter's full index space (1-D
 parameters are one column wide). Flat-buffer order: the rank's parameters in
-canonical order (``param_specs``), each shard contiguous (row-major, local
-shape). A vocab-parallel shard's local rows cover vocab_padded / tp rows; rows
-past the real vocabulary are padding, zero, and not part of its box.
+canonical order (``param_specs``), each shard contiguous. A vocab-parallel
+shard's local rows cover vocab_padded / tp rows; rows past the real vocabulary
+are padding, zero, and not part of its box.
+
+A shard is stored row-major in its local shape, except a row-parallel weight
+(o_proj, down_proj: split along its input features), which is stored
+transposed, as (in_features / tp, out_features) rows. Stored that way, every
+tensor-parallel split of every weight is a range of stored rows, so the slice
+one layout holds of another layout's shard is one contiguous run of memory:
+reallocation sends it as it lies, where a column slice of a row-major weight
+would be copied into a staging buffer first. The model sees the usual
+(out, in) tensor, a transposed view (``Shard.view``); ATen's and real_ext's
+products take it without a copy.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
+
+import torch
 
 from real_ext.model.config import ModelConfig
 from real_ext.model.params import COLUMN, KV_COLUMN, REPLICATED, ROW, VOCAB, ParamSpec, param_specs, stage_units
@@ -29,6 +41,18 @@ class Shard:
     @property
     def numel(self) -> int:
         return math.prod(self.local_shape)
+
+    @property
+    def transposed(self) -> bool:
+        """Stored as local_shape reversed (a row-parallel weight, see module docstring)."""
+        return self.spec.split == ROW
+
+    def view(self, flat: torch.Tensor) -> torch.Tensor:
+        """This shard as a (local_shape) tensor over its part of the flat buffer."""
+        piece = flat[self.offset:self.offset + self.numel]
+        if self.transposed:
+            return piece.view(self.local_shape[::-1]).t()
+        return piece.view(self.local_shape)
 
     @property
     def box_numel(self) -> int:

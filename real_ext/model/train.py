@@ -145,7 +145,7 @@ class Trainer:
         return True
 
     def _grad_hook(self, param, shard):
-        view = self.grad[shard.offset:shard.offset + shard.numel].view(shard.local_shape)
+        view = shard.view(self.grad)
 
         def hook(p):
             view.add_(p.grad)

@@ -39,7 +39,7 @@ import torch
 from real_ext.model.params import param_specs, stage_units
 from real_ext.model.shards import ModelShards
 from real_ext.parallel.layout import ParallelLayout
-from real_ext.realloc.layout import Layout, ShardInfo
+from real_ext.realloc.layout import Layout
 from real_ext.realloc.plan import plan
 
 # Layer shards (workers x blocks they hold, summed over both layouts) above
@@ -180,10 +180,7 @@ def _layout(config, head, key, dtype, workers_per_node, weights) -> Layout:
     # NOTE: only the kept parameters get shards, so flat offsets differ from the
     # runtime's; the planner's byte counts do not depend on them.
     shards_of.specs = [s for s in shards_of.specs if s.unit in keep]
-    params = {s.name: s.shape for s in shards_of.specs if not s.tied_to}
-    shards = {rank: [ShardInfo(s.spec.tied_to or s.spec.name, s.rows, s.cols, s.local_shape, s.offset)
-                     for s in shards_of.shards(rank)] for rank in mesh}
-    return Layout(params, shards, dtype, workers_per_node)
+    return Layout.from_shards(shards_of, dtype, workers_per_node)
 
 
 # ---------------------------------------------------------------- data transfer

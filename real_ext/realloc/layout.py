@@ -6,6 +6,13 @@ the LLaMA, Qwen2 and Mistral families; see real_ext/model/params.py). A tied
 LM head kept as a copy on the last pipeline stage is a second holder of the
 embedding, not a parameter of its own, so layouts with and without the copy
 describe the same model.
+
+A row-parallel weight (o_proj, down_proj) is stored transposed in the flat
+buffer (see real_ext/model/shards.py), so a layout from a model config indexes
+it as (in_features, out_features): its tensor-parallel shards are row ranges,
+contiguous in every buffer. ``transposed`` names those parameters;
+``shard_of`` and ``params_of`` take and give them in Hugging Face's
+(out, in) orientation.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import os
 import torch
 
 from real_ext.model.config import ModelConfig
+from real_ext.model.params import ROW
 from real_ext.model.shards import ModelShards
 from real_ext.parallel.layout import ParallelLayout
 
@@ -46,10 +54,12 @@ class ShardInfo:
 
 class Layout:
     def __init__(self, params: dict[str, tuple[int, ...]], shards: dict[int, list[ShardInfo]],
-                 dtype: torch.dtype = torch.float32, workers_per_node: int = 8):
+                 dtype: torch.dtype = torch.float32, workers_per_node: int = 8,
+                 transposed: frozenset[str] = frozenset()):
         if workers_per_node < 1:
             raise ValueError(f"workers_per_node must be >= 1, got {workers_per_node}")
         self.params = {name: tuple(shape) for name, shape in params.items()}
+        self.transposed = frozenset(transposed)
         self.index = {name: i for i, name in enumerate(self.params)}
         self.shards = {int(rank): list(s) for rank, s in shards.items()}
         self.dtype, self.workers_per_node = dtype, workers_per_node
@@ -67,13 +77,25 @@ class Layout:
         """The layout a ReaLModel uses; hf_config is a config.json dict, its
         path or folder, or a ModelConfig."""
         config = _model_config(hf_config)
-        shards_of = ModelShards(config, head, ParallelLayout(tuple(mesh), dp, tp, pp))
-        params = {s.name: s.shape for s in shards_of.specs if not s.tied_to}
+        return Layout.from_shards(ModelShards(config, head, ParallelLayout(tuple(mesh), dp, tp, pp)), dtype,
+                                  workers_per_node)
+
+    @staticmethod
+    def from_shards(shards_of: ModelShards, dtype: torch.dtype = torch.float32,
+                    workers_per_node: int = 8) -> "Layout":
+        """The layout of a model's shards; transposed weights indexed as stored."""
+        def stored(shape, transposed):
+            return tuple(shape[::-1]) if transposed else tuple(shape)
+
+        params = {s.name: stored(s.shape, s.split == ROW) for s in shards_of.specs if not s.tied_to}
+        transposed = {s.name for s in shards_of.specs if s.split == ROW}
         shards = {}
-        for rank in mesh:
-            shards[rank] = [ShardInfo(s.spec.tied_to or s.spec.name, s.rows, s.cols, s.local_shape, s.offset)
+        for rank in shards_of.layout.mesh:
+            shards[rank] = [ShardInfo(s.spec.tied_to or s.spec.name, s.cols if s.transposed else s.rows,
+                                      s.rows if s.transposed else s.cols, stored(s.local_shape, s.transposed),
+                                      s.offset)
                             for s in shards_of.shards(rank)]
-        return Layout(params, shards, dtype, workers_per_node)
+        return Layout(params, shards, dtype, workers_per_node, frozenset(transposed))
 
     @staticmethod
     def from_specs(params: dict[str, tuple[int, ...]], boxes: dict[int, list[tuple]],
@@ -102,16 +124,19 @@ class Layout:
         return max((s.offset + s.numel for s in lst), default=0)
 
     def same_model(self, other: "Layout") -> bool:
-        return self.params == other.params
+        return self.params == other.params and self.transposed == other.transposed
 
     def shard_of(self, state_dict: dict[str, torch.Tensor], rank: int) -> torch.Tensor:
         """The flat buffer worker `rank` holds, cut from full parameters."""
         flat = torch.zeros(self.numel(rank), dtype=self.dtype)
         for s in self.shards[rank]:
             full = state_dict[s.param]
-            if tuple(full.shape) != self.params[s.param]:
+            expected = self.params[s.param][::-1] if s.param in self.transposed else self.params[s.param]
+            if tuple(full.shape) != expected:
                 raise LayoutMismatchError(f"state_dict[{s.param!r}] has shape {list(full.shape)}, the layout expects "
-                                          f"{list(self.params[s.param])}")
+                                          f"{list(expected)}")
+            if s.param in self.transposed:
+                full = full.t()
             box = full[s.rows[0]:s.rows[1]] if full.dim() == 1 else full[s.rows[0]:s.rows[1], s.cols[0]:s.cols[1]]
             view = flat[s.offset:s.offset + s.numel].view(s.local_shape)
             view[:box.shape[0]] = box
@@ -120,7 +145,11 @@ class Layout:
     def params_of(self, buffer: torch.Tensor, rank: int) -> dict[str, torch.Tensor]:
         """Views of worker `rank`'s flat buffer, one per parameter it holds."""
         self.check_buffer(buffer, rank, "buffer")
-        return {s.param: buffer[s.offset:s.offset + s.numel].view(s.local_shape) for s in self.shards[rank]}
+        views = {}
+        for s in self.shards[rank]:
+            view = buffer[s.offset:s.offset + s.numel].view(s.local_shape)
+            views[s.param] = view.t() if s.param in self.transposed else view
+        return views
 
     def check_buffer(self, buffer: torch.Tensor, rank: int, name: str) -> None:
         if buffer.dim() != 1 or buffer.numel() != self.numel(rank):

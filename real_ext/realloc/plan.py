@@ -80,8 +80,9 @@ def plan(src: Layout, dst: Layout, *, split_bytes: int = 1 << 20) -> Plan:
     """Transfers from layout src to layout dst. Pieces larger than split_bytes
     held by several source replicas are split among them to spread the load."""
     if not src.same_model(dst):
-        diff = sorted(set(src.params.items()) ^ set(dst.params.items()))[:3]
-        raise LayoutMismatchError(f"the layouts describe different models (parameters differ, e.g. {diff})")
+        diff = sorted(set(src.params.items()) ^ set(dst.params.items()))[:3] or sorted(src.transposed ^ dst.transposed)[:3]
+        raise LayoutMismatchError(f"the layouts describe different models (parameters differ, e.g. {diff}); "
+                                  f"build both with Layout.from_config, or both from explicit specs")
     if src.dtype != dst.dtype:
         raise LayoutMismatchError(f"source dtype {src.dtype} differs from destination dtype {dst.dtype}")
     element = torch.empty((), dtype=src.dtype).element_size()
