@@ -3,8 +3,9 @@ parallelism splits each one, which pipeline unit owns it.
 
 Canonical names follow LLaMA's Hugging Face names for every family
 (``model.layers.3.self_attn.q_proj.weight``); GPT-2 checkpoints are converted to
-them on load and back on save (see checkpoint.py). Weights are stored as
-nn.Linear stores them: (out_features, in_features).
+them on load and back on save (see checkpoint.py). Weights have nn.Linear's
+shape, (out_features, in_features); row-parallel ones are stored transposed in
+the flat buffer (``ParamSpec.transposed``, see shards.py).
 
 Pipeline units: 0 is the embedding (token and learned positions), 1..L the
 transformer blocks, L+1 the final norm and the head. Stages own contiguous unit
@@ -39,6 +40,11 @@ class ParamSpec:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def transposed(self) -> bool:
+        """Stored as (in, out) in the flat buffer: a row-parallel weight (shards.py)."""
+        return self.split == ROW
 
 
 def _layer_specs(c: ModelConfig, i: int) -> list[ParamSpec]:

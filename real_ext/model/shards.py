@@ -42,15 +42,11 @@ class Shard:
     def numel(self) -> int:
         return math.prod(self.local_shape)
 
-    @property
-    def transposed(self) -> bool:
-        """Stored as local_shape reversed (a row-parallel weight, see module docstring)."""
-        return self.spec.split == ROW
-
     def view(self, flat: torch.Tensor) -> torch.Tensor:
-        """This shard as a (local_shape) tensor over its part of the flat buffer."""
+        """This shard as a (local_shape) tensor over its part of the flat buffer
+        (a transposed view for a row-parallel weight, see module docstring)."""
         piece = flat[self.offset:self.offset + self.numel]
-        if self.transposed:
+        if self.spec.transposed:
             return piece.view(self.local_shape[::-1]).t()
         return piece.view(self.local_shape)
 

@@ -23,7 +23,6 @@ import os
 import torch
 
 from real_ext.model.config import ModelConfig
-from real_ext.model.params import ROW
 from real_ext.model.shards import ModelShards
 from real_ext.parallel.layout import ParallelLayout
 
@@ -87,15 +86,15 @@ class Layout:
         def stored(shape, transposed):
             return tuple(shape[::-1]) if transposed else tuple(shape)
 
-        params = {s.name: stored(s.shape, s.split == ROW) for s in shards_of.specs if not s.tied_to}
-        transposed = {s.name for s in shards_of.specs if s.split == ROW}
+        params = {s.name: stored(s.shape, s.transposed) for s in shards_of.specs if not s.tied_to}
+        transposed = frozenset(s.name for s in shards_of.specs if s.transposed)
         shards = {}
         for rank in shards_of.layout.mesh:
-            shards[rank] = [ShardInfo(s.spec.tied_to or s.spec.name, s.cols if s.transposed else s.rows,
-                                      s.rows if s.transposed else s.cols, stored(s.local_shape, s.transposed),
-                                      s.offset)
+            shards[rank] = [ShardInfo(s.spec.tied_to or s.spec.name, s.cols if s.spec.transposed else s.rows,
+                                      s.rows if s.spec.transposed else s.cols,
+                                      stored(s.local_shape, s.spec.transposed), s.offset)
                             for s in shards_of.shards(rank)]
-        return Layout(params, shards, dtype, workers_per_node, frozenset(transposed))
+        return Layout(params, shards, dtype, workers_per_node, transposed)
 
     @staticmethod
     def from_specs(params: dict[str, tuple[int, ...]], boxes: dict[int, list[tuple]],
