@@ -16,6 +16,7 @@ BLOCK = 64 << 20                     # above glibc's largest mmap threshold (32 
 # alignment asks glibc for a few bytes more than a same-size freed block holds.
 LARGER = BLOCK + (1 << 20)
 PAGES = BLOCK // resource.getpagesize()
+SMALL = 16 << 20                     # a scope's growth below the trim ceiling
 
 
 def run_case(name: str, **env) -> dict:
@@ -39,6 +40,13 @@ def test_nested_scopes_hold_until_the_outermost_ends():
 def test_leaving_gives_the_pages_back():
     r = run_case("release")
     assert r["released"] > 200 << 20, f"only {r['released'] >> 20} MiB of 256 MiB went back to the kernel"
+
+
+def test_a_scope_that_grew_the_heap_a_little_keeps_it():
+    # Below glibc's trim ceiling (64 MiB) the memory stays for the next scope:
+    # a loop of small generate() calls would otherwise fault it in every call.
+    r = run_case("small")
+    assert r["next_scope"] < SMALL // resource.getpagesize() // 10, r
 
 
 def test_the_environment_variable_turns_it_off():
@@ -82,7 +90,13 @@ def _cases():
             held = resident_bytes()
         return dict(released=held - resident_bytes())
 
-    return dict(reuse=reuse, nested=nested, release=release)
+    def small():
+        with hold_freed_memory():
+            faults_of_fresh_block(SMALL + (1 << 20))
+        with hold_freed_memory():
+            return dict(next_scope=faults_of_fresh_block(SMALL))
+
+    return dict(reuse=reuse, nested=nested, release=release, small=small)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ Inside ``hold_freed_memory()`` both thresholds are raised, so freed blocks stay
 in the heap and the next allocation reuses them, as PyTorch's CUDA caching
 allocator does on a GPU. On leaving the outermost scope the thresholds go back
 to glibc's dynamic ceilings (32 MiB mmap, 64 MiB trim; glibc cannot return to
-its dynamic mode once they are set) and ``malloc_trim`` gives the free pages
-back. generate() and Trainer.train_step enter it themselves; a caller looping
+its dynamic mode once they are set), and if the scope grew the heap by more
+than the trim ceiling, ``malloc_trim`` gives the free pages back. A smaller
+growth is kept, as glibc itself keeps up to that much free at the heap's top:
+trimming after every call of a loop of small generate() calls (16-500 ms each)
+made each call fault its memory back in, 1-10 thousand pages and 3-20% of its
+time. generate() and Trainer.train_step enter it themselves; a caller looping
 over them can wrap the whole loop to keep the memory between calls. Worker
 processes hold it for their whole life (``hold_for_process``): a worker stands
 in for one GPU and re-runs the same calls.
@@ -39,6 +43,13 @@ GLIBC_CEILINGS = (32 << 20, 64 << 20)   # (mmap, trim): where glibc's dynamic th
 
 _lock = threading.Lock()
 _depth = 0
+_heap_at_entry = 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,10 +69,20 @@ def _set_thresholds(mmap: int, trim: int) -> None:
     libc.mallopt(M_TRIM_THRESHOLD, trim)
 
 
+def _heap_bytes() -> int | None:
+    """Bytes the heaps (all arenas) take from the kernel; None before glibc 2.33."""
+    libc = _libc()
+    if not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2().arena
+
+
 def _enter() -> None:
-    global _depth
+    global _depth, _heap_at_entry
     with _lock:
         if _depth == 0 and _libc() is not None:
+            _heap_at_entry = _heap_bytes() or 0
             _set_thresholds(HELD, HELD)
         _depth += 1
 
@@ -72,7 +93,9 @@ def _leave() -> None:
         _depth -= 1
         if _depth == 0 and _libc() is not None:
             _set_thresholds(*GLIBC_CEILINGS)
-            _libc().malloc_trim(0)
+            now = _heap_bytes()
+            if now is None or now - _heap_at_entry > GLIBC_CEILINGS[1]:
+                _libc().malloc_trim(0)
 
 
 @contextlib.contextmanager
