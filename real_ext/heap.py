@@ -18,7 +18,7 @@ to glibc's dynamic ceilings (32 MiB mmap, 64 MiB trim; glibc cannot return to
 its dynamic mode once they are set), and if the scope grew the heap by more
 than the trim ceiling, ``malloc_trim`` gives the free pages back. A smaller
 growth is kept, as glibc itself keeps up to that much free at the heap's top:
-trimming after every call of a loop of small generate() calls (16-500 ms each)
+trimming after every call of a loop of small generate() calls (0.15-0.6 s each)
 made each call fault its memory back in, 1-10 thousand pages and 3-20% of its
 time. generate() and Trainer.train_step enter it themselves; a caller looping
 over them can wrap the whole loop to keep the memory between calls. Worker
