@@ -57,7 +57,10 @@ def _libc():
     """glibc's handle, or None (another C library, or turned off)."""
     if os.environ.get("REAL_EXT_HOLD_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL("libc.so.6")   # glibc's soname on every Linux it runs on
+    libc = ctypes.CDLL("libc.so.6")   # glibc's soname on every Linux it runs on
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
 
 
 def _set_thresholds(mmap: int, trim: int) -> None:
@@ -72,10 +75,7 @@ def _set_thresholds(mmap: int, trim: int) -> None:
 def _heap_bytes() -> int | None:
     """Bytes the heaps (all arenas) take from the kernel; None before glibc 2.33."""
     libc = _libc()
-    if not hasattr(libc, "mallinfo2"):
-        return None
-    libc.mallinfo2.restype = _MallInfo2
-    return libc.mallinfo2().arena
+    return libc.mallinfo2().arena if hasattr(libc, "mallinfo2") else None
 
 
 def _enter() -> None:

@@ -4,6 +4,7 @@ parallel weights are stored transposed, see real_ext/model/shards.py)."""
 import torch
 
 from real_ext.model import ModelConfig
+from real_ext.model.params import param_specs
 from real_ext.model.shards import ModelShards
 from real_ext.parallel.layout import ParallelLayout
 from real_ext.realloc import Layout, plan
@@ -13,8 +14,7 @@ from python_tests.realloc.layouts import random_pair
 
 def _hf_state(config: ModelConfig, head: str) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
-    shards = ModelShards(config, head, ParallelLayout((0,), 1, 1, 1))
-    return {s.name: torch.randn(s.shape, generator=g) for s in shards.specs if not s.tied_to}
+    return {s.name: torch.randn(s.shape, generator=g) for s in param_specs(config, head) if not s.tied_to}
 
 
 def test_params_of_gives_megatron_slices_of_hf_tensors():
