@@ -27,6 +27,7 @@ from real_ext.generation.cuda_graphs import DecodeGraphs, usable
 from real_ext.generation.kv_cache import CacheStep, PagedKVCache
 from real_ext.generation.rng import uniforms
 from real_ext.heap import hold_freed_memory
+from real_ext.model.row_major import row_major_products
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds activation memory)
 
@@ -186,8 +187,15 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
     """Continue every prompt n_samples times. ``prompt_ids`` (default 0..P-1)
     are global prompt numbers that key the random streams, so that data-parallel
     ranks each generating their share draw what one process would for all.
-    Freed host memory stays in the process until it returns (real_ext/heap.py)."""
+    Freed host memory stays in the process until it returns (real_ext/heap.py);
+    on the CPU, transposed weights are read from row-major copies made for the
+    call (real_ext/model/row_major.py)."""
     check_request(model, prompts, config)
+    with row_major_products(model):
+        return _generate(model, prompts, config, prompt_ids)
+
+
+def _generate(model, prompts, config: GenerationConfig, prompt_ids) -> GenerationOutput:
     if model.ctx.pp > 1:
         from real_ext.generation.pipelined import generate_pipelined
         return generate_pipelined(model, prompts, config, prompt_ids)

@@ -29,9 +29,17 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=True)
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.row_major: torch.Tensor | None = None  # set only by real_ext/model/row_major.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+    def product_weight(self) -> torch.Tensor:
+        """The weight a product reads: without autograd, the row-major copy
+        of a transposed weight while row_major_products() holds one."""
+        if self.row_major is None or torch.is_grad_enabled():
+            return self.weight
+        return self.row_major
 
 
 class Norm(nn.Module):
@@ -201,7 +209,7 @@ class Attention(nn.Module):
             out = ops.varlen_attention(q, k, v, info.cu_seqlens, info.cu_seqlens_k, info.max_len, info.max_len_k,
                                        causal=True, softmax_scale=scale)
         # Row-parallel: reduce the partial products first, add the bias once.
-        out = reduce_from_tp(linear(out.reshape(t, -1), self.o_proj.weight), tp_group)
+        out = reduce_from_tp(linear(out.reshape(t, -1), self.o_proj.product_weight()), tp_group)
         return out if self.o_proj.bias is None else out + self.o_proj.bias
 
 
@@ -231,7 +239,7 @@ class MLP(nn.Module):
             h = ops.silu_mul(gate, up) if self.act is F.silu else self.act(gate) * up
         else:
             h = self.act(self.up_proj(x))
-        out = reduce_from_tp(linear(h, self.down_proj.weight), tp_group)
+        out = reduce_from_tp(linear(h, self.down_proj.product_weight()), tp_group)
         return out if self.down_proj.bias is None else out + self.down_proj.bias
 
 
