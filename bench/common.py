@@ -41,14 +41,30 @@ def median_times(fns, device: str, warmup: int = 2, repeats: int = 5) -> list[fl
     return [statistics.median(ts) for ts in times]
 
 
-def matmul_ceiling(device: str, dtype: torch.dtype) -> float:
-    """FLOP/s of a large torch.mm in this run: the compute ceiling to compare with."""
+def _square_operands(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     n = 8192 if device.startswith("cuda") else 2048
     g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    t = median_time(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
-    return 2 * n ** 3 / t
+    return tuple(torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+
+
+def matmul_ceiling(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of a large torch.mm in this run: the compute ceiling to compare with."""
+    a, b = _square_operands(device, dtype)
+    return 2 * a.shape[0] ** 3 / median_time(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
+
+
+def product_ceiling(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """The faster of torch.mm and real_ext's no-autograd linear (OpenBLAS where
+    real_ext/ops/cpu_blas.py loads it) on the same large product: (FLOP/s,
+    which), the ceiling for work that runs through real_ext's products."""
+    rates = {"torch.mm": matmul_ceiling(device, dtype)}
+    if not device.startswith("cuda"):
+        from real_ext import ops
+        a, b = _square_operands(device, dtype)
+        name = f"real_ext linear, {ops.cpu_blas.current()}"
+        rates[name] = 2 * a.shape[0] ** 3 / median_time(lambda: ops.linear(a, b), device, warmup=2, repeats=5)
+    best = max(rates, key=rates.get)
+    return rates[best], best
 
 
 def copy_bandwidth(device: str) -> float:

@@ -98,4 +98,9 @@ TORCH_LIBRARY(real_ext, m) {
   // y = x weight^T + bias without autograd (decode steps): x (M, K), weight (N, K),
   // bias (N,) or None, one dtype; y (M, N). The CPU kernel serves M <= 8.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // The sgemm the CPU float32 products of many rows use (csrc/layers/cpu_blas.cpp):
+  // load a library by path, its cblas symbols named with prefix ("" on success, else
+  // the failure; an empty path: ATen's products); the loaded path ("" for ATen).
+  m.def("use_cpu_blas(str path, str prefix) -> str");
+  m.def("cpu_blas() -> str");
 }

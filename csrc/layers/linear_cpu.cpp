@@ -16,6 +16,7 @@
 #include "common/cpu_math.h"
 #include "common/cpu_parallel.h"
 #include "common/cpu_vec16.h"
+#include "layers/cpu_blas.h"
 #include "layers/layer_checks.h"
 #include "layers/linear_bf16_dot.h"
 #include "layers/linear_panels.h"
@@ -147,8 +148,15 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   // AVX-512 kernels read weight rows, so there ATen's product (which takes a
   // transposed operand as it is) serves it.
   const bool k_major = weight.stride(1) != 1 && weight.stride(0) == 1;
-  if (k_major && !panels) return at::linear(x, weight, bias);
-  if (!bf16_gemm && !panels && (M > max_rows || M == 0 || K == 0)) return at::linear(x, weight, bias);
+  // Products the kernels here do not take: OpenBLAS's where it is loaded
+  // (float32, cpu_blas.cpp), else ATen's.
+  auto library = [&] {
+    at::Tensor y;
+    if (dt == at::kFloat && M > 0 && K > 0 && blas_linear(rows_view(x), weight, bias, y)) return y;
+    return at::linear(x, weight, bias);
+  };
+  if (k_major && !panels) return library();
+  if (!bf16_gemm && !panels && (M > max_rows || M == 0 || K == 0)) return library();
   const at::Tensor w = k_major ? weight : rows_view(weight);
   const int64_t ldw = k_major ? w.stride(1) : w.stride(0);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();

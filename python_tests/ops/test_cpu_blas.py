@@ -1,0 +1,58 @@
+"""ops.linear's products of many float32 rows through OpenBLAS
+(csrc/layers/cpu_blas.cpp, real_ext/ops/cpu_blas.py) against a float64
+reference and ATen's, and the errors of a bad choice or library."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from real_ext import ops
+from real_ext.ops import cpu_blas
+
+
+@pytest.fixture
+def openblas():
+    before = cpu_blas.current()
+    cpu_blas.use("openblas")
+    yield
+    cpu_blas.use(before)
+
+
+def test_the_wheel_is_installed_where_it_is_a_dependency():
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        pytest.skip("scipy-openblas32 is a dependency on x86-64 Linux only")
+    assert cpu_blas._openblas_path() is not None
+    assert cpu_blas.current() == ("aten" if cpu_blas._intel_cpu() else "openblas")
+
+
+@pytest.mark.parametrize("rows", [129, 300, 1000])
+@pytest.mark.parametrize("stored", ["rows", "transposed"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_openblas_linear_matches_float64(openblas, rows, stored, bias):
+    g = torch.Generator().manual_seed(rows)
+    K, N = 96, 200
+    x = torch.randn(rows, K + 8, generator=g)[:, 3:3 + K]  # row-strided, as a fused product's slice
+    w = torch.randn(N, K, generator=g)
+    if stored == "transposed":  # a row-parallel weight of the flat buffer: (K, N) rows
+        w = w.t().contiguous().t()
+    b = torch.randn(N, generator=g) if bias else None
+    y = ops.linear(x, w, b)
+    ref = x.double() @ w.double().T + (b.double() if bias else 0)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+    cpu_blas.use("aten")
+    torch.testing.assert_close(y, ops.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_bad_choice_and_library_are_clear_errors():
+    with pytest.raises(ValueError, match="REAL_EXT_CPU_BLAS='mkl': expected one of openblas, aten"):
+        cpu_blas.use("mkl")
+    error = torch.ops.real_ext.use_cpu_blas("/no/such/libblas.so", "")
+    assert "cannot load /no/such/libblas.so" in error
+    path = cpu_blas._openblas_path()
+    if path is not None:
+        assert "wrong prefix" in torch.ops.real_ext.use_cpu_blas(path, "nosuchprefix_")
+    env = {**os.environ, "REAL_EXT_CPU_BLAS": "fastest"}
+    run = subprocess.run([sys.executable, "-c", "import real_ext"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "REAL_EXT_CPU_BLAS='fastest'" in run.stderr

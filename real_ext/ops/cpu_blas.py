@@ -1,0 +1,63 @@
+"""Which BLAS the CPU float32 products of many rows use (``ops.linear`` past
+its own kernels' sizes: a prefill, an inference forward; csrc/layers/cpu_blas.cpp).
+
+torch's CPU wheels multiply with MKL, which runs its generic code on CPUs not
+made by Intel; there OpenBLAS from the ``scipy-openblas32`` wheel (a dependency
+on x86-64 Linux) is faster: 120-150 GFLOP/s against 80-117 at a prefill's
+shapes on a 2-core Zen 3. ``REAL_EXT_CPU_BLAS`` picks: ``openblas`` or ``aten``;
+unset, OpenBLAS where the wheel is installed and the CPU is not Intel's.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+CHOICES = ("openblas", "aten")
+
+
+def _intel_cpu() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
+def _openblas_path() -> str | None:
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return None
+    return os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
+
+
+def use(choice: str) -> None:
+    """Switch the products to ``openblas`` or back to ``aten``; an unknown
+    choice or a missing wheel is a ValueError that says what to do."""
+    if choice not in CHOICES:
+        raise ValueError(f"REAL_EXT_CPU_BLAS={choice!r}: expected one of {', '.join(CHOICES)}")
+    if choice == "aten":
+        torch.ops.real_ext.use_cpu_blas("", "")
+        return
+    path = _openblas_path()
+    if path is None:
+        raise ValueError("REAL_EXT_CPU_BLAS=openblas needs the scipy-openblas32 wheel: "
+                         "pip install scipy-openblas32 (or set REAL_EXT_CPU_BLAS=aten)")
+    error = torch.ops.real_ext.use_cpu_blas(path, "scipy_")
+    if error:
+        raise ValueError(f"REAL_EXT_CPU_BLAS=openblas: {error}")
+
+
+def current() -> str:
+    """``openblas`` or ``aten``: what the products use now."""
+    return "openblas" if torch.ops.real_ext.cpu_blas() else "aten"
+
+
+def choose_at_import() -> None:
+    choice = os.environ.get("REAL_EXT_CPU_BLAS")
+    if choice is None:
+        linux_x86 = sys.platform == "linux" and os.uname().machine == "x86_64"
+        choice = "openblas" if linux_x86 and not _intel_cpu() and _openblas_path() is not None else "aten"
+    use(choice)
