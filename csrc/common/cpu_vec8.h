@@ -40,21 +40,43 @@ REAL_EXT_INLINE vec8 load8(const uint16_t* p) {
   return v;
 }
 
-// Lanes 0..7 of the result: the sums of v[0..7] (v is clobbered); sum16x16's
-// levels of "even lanes + odd lanes" on 8 vectors of 8.
-REAL_EXT_INLINE vec8 sum8x8(vec8* v) {
 #if defined(__clang__)
 #define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
 #define REAL_EXT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, vec8i{__VA_ARGS__})
 #endif
+
+// Lanes 0..7 of the result: the sums of v[0..7] (v is clobbered); sum16x16's
+// levels of "even lanes + odd lanes" on 8 vectors of 8.
+REAL_EXT_INLINE vec8 sum8x8(vec8* v) {
   for (int n = 4; n >= 1; n /= 2)
     for (int i = 0; i < n; ++i) {
       const vec8 a = v[2 * i], b = v[2 * i + 1];
       v[i] = REAL_EXT_SHUFFLE8(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + REAL_EXT_SHUFFLE8(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
     }
-#undef REAL_EXT_SHUFFLE8
   return v[0];
 }
+
+// r[0..7] becomes the columns of the 8 x 8 matrix whose rows it held: pairs
+// of rows interleaved, then pairs of pairs, then the 128-bit halves swapped
+// (AVX2's unpcklps / shufps / vperm2f128 steps, 24 shuffles in all).
+REAL_EXT_INLINE void transpose8x8(vec8* r) {
+  vec8 t[8], s[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = REAL_EXT_SHUFFLE8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = REAL_EXT_SHUFFLE8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {  // s[i + j]: column j | column j + 4 of rows i..i+3
+    s[i] = REAL_EXT_SHUFFLE8(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    s[i + 1] = REAL_EXT_SHUFFLE8(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    s[i + 2] = REAL_EXT_SHUFFLE8(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    s[i + 3] = REAL_EXT_SHUFFLE8(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = REAL_EXT_SHUFFLE8(s[j], s[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[j + 4] = REAL_EXT_SHUFFLE8(s[j], s[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+#undef REAL_EXT_SHUFFLE8
 
 }  // namespace real_ext
