@@ -1,9 +1,9 @@
 // The CPU float32 products of many rows (a prefill's thousands of prompt
 // tokens, an inference forward) through OpenBLAS's sgemm, loaded by path at
 // run time (use_cpu_blas; real_ext/ops/cpu_blas.py picks the library and the
-// CPUs). torch's MKL runs its generic code on AMD CPUs: on a Zen 3 (2 cores,
-// AVX2) a prefill's products ran at 80-117 GFLOP/s there and at 120-150 in
-// OpenBLAS. Nothing is linked at build time, so a machine without the wheel
+// CPUs). On a Zen 3 (2 cores, AVX2) a prefill's products ran at 80-131
+// GFLOP/s in torch's MKL and at 120-150 in OpenBLAS; on Intel's CPUs MKL is
+// kept. Nothing is linked at build time, so a machine without the wheel
 // builds and runs the same code on ATen's products.
 //
 // Each of ATen's threads multiplies its own rows of x, with OpenBLAS kept to

@@ -7,7 +7,7 @@ split of them is one contiguous run for the reallocation engine. The CPU decode
 products read such a weight a block of 16 columns at a time, from rows that lie
 a page apart, which the hardware prefetchers do not follow: with the weights
 cold, as in a decode step that reads every layer's in turn, those products ran
-at 45-75% of the row-major rate on a Zen 3 (bench/RESULTS.md, stop 27), and on
+at 42-86% of the row-major rate on a Zen 3 (bench/RESULTS.md, stops 27-28), and on
 AVX-512 CPUs a transposed weight leaves the compiled kernels for ATen. A
 generate() call reads each weight once per decode step; one copy per call
 costs a single read and write of those weights (a third of a LLaMA layer's).

@@ -1,10 +1,9 @@
 """Which BLAS the CPU float32 products of many rows use (``ops.linear`` past
 its own kernels' sizes: a prefill, an inference forward; csrc/layers/cpu_blas.cpp).
 
-torch's CPU wheels multiply with MKL, which runs its generic code on CPUs not
-made by Intel; there OpenBLAS from the ``scipy-openblas32`` wheel (a dependency
-on x86-64 Linux) is faster: 120-150 GFLOP/s against 80-117 at a prefill's
-shapes on a 2-core Zen 3. ``REAL_EXT_CPU_BLAS`` picks: ``openblas`` or ``aten``;
+torch's CPU wheels multiply with MKL, tuned for Intel's CPUs; on others
+OpenBLAS from the ``scipy-openblas32`` wheel (a dependency on x86-64 Linux) is
+faster: 120-150 GFLOP/s against 80-131 at a prefill's shapes on a 2-core Zen 3. ``REAL_EXT_CPU_BLAS`` picks: ``openblas`` or ``aten``;
 unset, OpenBLAS where the wheel is installed and the CPU is not Intel's.
 """
 from __future__ import annotations
