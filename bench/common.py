@@ -47,22 +47,26 @@ def _square_operands(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, tor
     return tuple(torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
 
 
+def _product_rate(fn, n: int, device: str) -> float:
+    return 2 * n ** 3 / median_time(fn, device, warmup=2, repeats=5)
+
+
 def matmul_ceiling(device: str, dtype: torch.dtype) -> float:
     """FLOP/s of a large torch.mm in this run: the compute ceiling to compare with."""
     a, b = _square_operands(device, dtype)
-    return 2 * a.shape[0] ** 3 / median_time(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
+    return _product_rate(lambda: torch.mm(a, b), a.shape[0], device)
 
 
 def product_ceiling(device: str, dtype: torch.dtype) -> tuple[float, str]:
     """The faster of torch.mm and real_ext's no-autograd linear (OpenBLAS where
     real_ext/ops/cpu_blas.py loads it) on the same large product: (FLOP/s,
     which), the ceiling for work that runs through real_ext's products."""
-    rates = {"torch.mm": matmul_ceiling(device, dtype)}
+    a, b = _square_operands(device, dtype)
+    rates = {"torch.mm": _product_rate(lambda: torch.mm(a, b), a.shape[0], device)}
     if not device.startswith("cuda"):
         from real_ext import ops
-        a, b = _square_operands(device, dtype)
-        name = f"real_ext linear, {ops.cpu_blas.current()}"
-        rates[name] = 2 * a.shape[0] ** 3 / median_time(lambda: ops.linear(a, b), device, warmup=2, repeats=5)
+        rates[f"real_ext linear, {ops.cpu_blas.current()}"] = _product_rate(lambda: ops.linear(a, b), a.shape[0],
+                                                                            device)
     best = max(rates, key=rates.get)
     return rates[best], best
 
