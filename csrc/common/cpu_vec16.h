@@ -38,23 +38,20 @@ REAL_EXT_INLINE vec16 load16(const uint16_t* p) {
 }
 
 REAL_EXT_INLINE void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-// Rounded to nearest even, NaN kept a quiet NaN (as float_to_bf16_bits).
-REAL_EXT_INLINE void store16(uint16_t* p, vec16 v) {
-  vec16u bits;
+// v's lanes narrowed to bfloat16 at p: rounded to nearest even, NaN kept a
+// quiet NaN (as float_to_bf16_bits). Bits / Half: v's width in uint32_t /
+// uint16_t lanes (vec16u / vec16h here, vec8u / vec8h for vec8).
+template <typename Bits, typename Half, typename Vec>
+REAL_EXT_INLINE void store_bf16(uint16_t* p, Vec v) {
+  Bits bits;
   std::memcpy(&bits, &v, sizeof(bits));
-  vec16u rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const vec16u nan = (vec16u)((bits & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+  Bits rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const Bits nan = (Bits)((bits & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
   rounded = (rounded & ~nan) | (0x7fc0u & nan);
-  const vec16h h = __builtin_convertvector(rounded, vec16h);
+  const Half h = __builtin_convertvector(rounded, Half);
   std::memcpy(p, &h, sizeof(h));
 }
-
-// v rounded to bfloat16 and widened back (the value a bfloat16 store keeps).
-REAL_EXT_INLINE vec16 round16_bf16(vec16 v) {
-  uint16_t h[16];
-  store16(h, v);
-  return load16(h);
-}
+REAL_EXT_INLINE void store16(uint16_t* p, vec16 v) { store_bf16<vec16u, vec16h>(p, v); }
 
 // Lanes 0..15 of the result: the sums of v[0..15] (v is clobbered). Four
 // levels of "even lanes + odd lanes" of neighbouring pairs: 15 two-source

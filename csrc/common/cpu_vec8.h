@@ -1,7 +1,7 @@
 // 8 floats as one GCC vector (one ymm in the AVX2 clone): the register-block
 // element of the CPU kernels where wide_vectors() is false (AVX2's 16
-// registers), with loads of float32 and bfloat16 rows, and loads / stores of
-// either float vector type (vec8 or vec16) for kernels written over both.
+// registers), with loads and stores of float32 and bfloat16 rows in either
+// float vector type (vec8 or vec16) for kernels written over both.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +38,31 @@ REAL_EXT_INLINE vec8 load8(const uint16_t* p) {
   vec8 v;
   std::memcpy(&v, &bits, sizeof(v));
   return v;
+}
+
+REAL_EXT_INLINE void store8(float* p, vec8 v) { store_vec(p, v); }
+REAL_EXT_INLINE void store8(uint16_t* p, vec8 v) { store_bf16<vec8u, vec8h>(p, v); }
+
+// Rows of float32 or bfloat16 (its bits) as either vector type, for kernels
+// written over both: load_row<Vec>(p), store_row(p, v).
+template <typename Vec>
+REAL_EXT_INLINE Vec load_row(const float* p) {
+  return load_vec<Vec>(p);
+}
+template <typename Vec>
+REAL_EXT_INLINE Vec load_row(const uint16_t* p) {
+  if constexpr (kVecLanes<Vec> == 16)
+    return load16(p);
+  else
+    return load8(p);
+}
+template <typename S>
+REAL_EXT_INLINE void store_row(S* p, vec16 v) {
+  store16(p, v);
+}
+template <typename S>
+REAL_EXT_INLINE void store_row(S* p, vec8 v) {
+  store8(p, v);
 }
 
 #if defined(__clang__)

@@ -4,9 +4,11 @@
 // them a bfloat16 layer runs ~8 ATen ops per norm and per rope, each a pass
 // over memory with a dtype conversion (about a tenth of a small model's step).
 // Rows run in parallel; the row loops are compiled per ISA
-// (REAL_EXT_CPU_CLONES): RMSNorm and rope take explicit 16-lane steps
-// (cpu_vec16.h), SwiGLU's plain loops GCC vectorizes itself. bfloat16 travels
-// as its uint16_t bits.
+// (REAL_EXT_CPU_CLONES): RMSNorm and rope take explicit vector steps, of
+// vec16 with AVX-512 and vec8 otherwise (wide_vectors(): a vec16 held in two
+// ymm spilled to the stack every step of a row's sum, and a 64 x 512 RMSNorm
+// took 37 us on a Zen 3), SwiGLU's plain loops GCC vectorizes itself.
+// bfloat16 travels as its uint16_t bits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,7 +18,7 @@
 #include <type_traits>
 
 #include "common/cpu_math.h"
-#include "common/cpu_vec16.h"
+#include "common/cpu_vec8.h"
 #include "layers/layer_checks.h"
 
 namespace real_ext {
@@ -29,7 +31,15 @@ REAL_EXT_INLINE float round_as(const float*, float v) { return v; }
 REAL_EXT_INLINE double round_as(const double*, double v) { return v; }
 REAL_EXT_INLINE float round_as(const uint16_t*, float v) { return bf16_bits_to_float(float_to_bf16_bits(v)); }
 REAL_EXT_INLINE vec16 round_as(const float*, vec16 v) { return v; }
-REAL_EXT_INLINE vec16 round_as(const uint16_t*, vec16 v) { return round16_bf16(v); }
+REAL_EXT_INLINE vec8 round_as(const float*, vec8 v) { return v; }
+template <typename Vec>
+REAL_EXT_INLINE Vec round_bf16(Vec v) {
+  uint16_t h[kVecLanes<Vec>];
+  store_row(h, v);
+  return load_row<Vec>(h);
+}
+REAL_EXT_INLINE vec16 round_as(const uint16_t*, vec16 v) { return round_bf16(v); }
+REAL_EXT_INLINE vec8 round_as(const uint16_t*, vec8 v) { return round_bf16(v); }
 
 template <typename S> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
@@ -38,29 +48,42 @@ template <typename S> constexpr bool kVec = !std::is_same_v<S, double>;
 
 REAL_EXT_INLINE float sigmoid(float g) { return 1.f / (1.f + fast_expf(std::min(-g, 88.f))); }
 REAL_EXT_INLINE double sigmoid(double g) { return 1.0 / (1.0 + std::exp(-g)); }
+// g * sigmoid(g) with one division (ATen's order; the division bounds the loop).
+REAL_EXT_INLINE float silu(float g) { return g / (1.f + fast_expf(std::min(-g, 88.f))); }
+REAL_EXT_INLINE double silu(double g) { return g / (1.0 + std::exp(-g)); }
 
-REAL_EXT_INLINE float hsum(vec16 v) {
+// A row's sums run in 16 lanes, one vec16 or two vec8 (kParts), added up in
+// lane order: the same bits with either blocking.
+constexpr int kSumLanes = 16;
+template <typename Vec>
+constexpr int kParts = kSumLanes / kVecLanes<Vec>;
+
+template <typename Vec>
+REAL_EXT_INLINE float hsum(const Vec* acc) {
   float s = 0.f;
-  for (int j = 0; j < 16; ++j) s += v[j];
+  for (int p = 0; p < kParts<Vec>; ++p)
+    for (int j = 0; j < kVecLanes<Vec>; ++j) s += acc[p][j];
   return s;
 }
 
-// Rows are (pointer, row stride); columns are unit-stride.
-template <typename S>
+// Rows are (pointer, row stride); columns are unit-stride. Vec: vec16 or vec8.
+template <typename Vec, typename S>
 REAL_EXT_INLINE void rms_fwd_t(const S* x, int64_t ldx, const S* w, S* out, typename Acc<S>::type* rstd, int64_t r0,
                                int64_t r1, int64_t H, double eps) {
   using A = typename Acc<S>::type;
+  constexpr int L = kVecLanes<Vec>;
   for (int64_t r = r0; r < r1; ++r) {
     const S* xr = x + r * ldx;
     S* o = out + r * H;
     int64_t i = 0;
     A ss = 0;
     if constexpr (kVec<S>) {
-      vec16 acc = {};
-      for (; i + 16 <= H; i += 16) {
-        const vec16 v = load16(xr + i);
-        acc += v * v;
-      }
+      Vec acc[kParts<Vec>] = {};
+      for (; i + kSumLanes <= H; i += kSumLanes)
+        for (int p = 0; p < kParts<Vec>; ++p) {
+          const Vec v = load_row<Vec>(xr + i + p * L);
+          acc[p] += v * v;
+        }
       ss = hsum(acc);
     }
     for (; i < H; ++i) ss += load(xr, i) * load(xr, i);
@@ -68,16 +91,17 @@ REAL_EXT_INLINE void rms_fwd_t(const S* x, int64_t ldx, const S* w, S* out, type
     rstd[r] = inv;
     int64_t k = 0;
     if constexpr (kVec<S>)
-      for (; k + 16 <= H; k += 16) store16(o + k, load16(w + k) * round_as(xr, load16(xr + k) * inv));
+      for (; k + L <= H; k += L) store_row(o + k, load_row<Vec>(w + k) * round_as(xr, load_row<Vec>(xr + k) * inv));
     for (; k < H; ++k) store(o, k, load(w, k) * round_as(xr, load(xr, k) * inv));
   }
 }
 
 // dx = rstd * (dout * w - n * mean(dout * w * n)), n = x * rstd; dw_part += dout * n (n rounded as stored).
-template <typename S>
+template <typename Vec, typename S>
 REAL_EXT_INLINE void rms_bwd_t(const S* dout, const S* x, int64_t ldx, const S* w, const typename Acc<S>::type* rstd,
                                S* dx, typename Acc<S>::type* dw_part, int64_t r0, int64_t r1, int64_t H) {
   using A = typename Acc<S>::type;
+  constexpr int L = kVecLanes<Vec>;
   for (int64_t r = r0; r < r1; ++r) {
     const S* xr = x + r * ldx;
     const S* gr = dout + r * H;
@@ -86,18 +110,22 @@ REAL_EXT_INLINE void rms_bwd_t(const S* dout, const S* x, int64_t ldx, const S* 
     int64_t i = 0;
     A dot = 0;
     if constexpr (kVec<S>) {
-      vec16 acc = {};
-      for (; i + 16 <= H; i += 16) acc += load16(gr + i) * load16(w + i) * (load16(xr + i) * inv);
+      Vec acc[kParts<Vec>] = {};
+      for (; i + kSumLanes <= H; i += kSumLanes)
+        for (int p = 0; p < kParts<Vec>; ++p) {
+          const int64_t e = i + p * L;
+          acc[p] += load_row<Vec>(gr + e) * load_row<Vec>(w + e) * (load_row<Vec>(xr + e) * inv);
+        }
       dot = hsum(acc);
     }
     for (; i < H; ++i) dot += load(gr, i) * load(w, i) * (load(xr, i) * inv);
     const A c = dot / A(H);
     int64_t k = 0;
     if constexpr (kVec<S>)
-      for (; k + 16 <= H; k += 16) {
-        const vec16 g = load16(gr + k), n = load16(xr + k) * inv;
-        store16(d + k, inv * (g * load16(w + k) - n * c));
-        store16(dw_part + k, load16(dw_part + k) + g * round_as(xr, n));
+      for (; k + L <= H; k += L) {
+        const Vec g = load_row<Vec>(gr + k), n = load_row<Vec>(xr + k) * inv;
+        store_row(d + k, inv * (g * load_row<Vec>(w + k) - n * c));
+        store_row(dw_part + k, load_row<Vec>(dw_part + k) + g * round_as(xr, n));
       }
     for (; k < H; ++k) {
       const A n = load(xr, k) * inv;
@@ -111,15 +139,17 @@ REAL_EXT_INLINE void rms_bwd_t(const S* dout, const S* x, int64_t ldx, const S* 
 // (the backward): for i < D/2, with a = x[i], b = x[i + D/2],
 //   forward:   o[i] = a c[i] - b s[i],   o[i + D/2] = b c[i + D/2] + a s[i + D/2]
 //   transpose: o[i] = a c[i] + b s[i + D/2],   o[i + D/2] = b c[i + D/2] - a s[i]
-template <bool kTranspose, typename S>
+template <bool kTranspose, typename Vec, typename S>
 REAL_EXT_INLINE void rope_head(const S* x, const S* c, const S* s, S* o, int64_t half) {
   using A = typename Acc<S>::type;
+  constexpr int L = kVecLanes<Vec>;
   int64_t i = 0;
   if constexpr (kVec<S>)
-    for (; i + 16 <= half; i += 16) {
-      const vec16 a = load16(x + i), b = load16(x + i + half), s_lo = load16(s + i), s_hi = load16(s + i + half);
-      store16(o + i, a * load16(c + i) + (kTranspose ? b * s_hi : -b * s_lo));
-      store16(o + i + half, b * load16(c + i + half) + (kTranspose ? -a * s_lo : a * s_hi));
+    for (; i + L <= half; i += L) {
+      const Vec a = load_row<Vec>(x + i), b = load_row<Vec>(x + i + half), s_lo = load_row<Vec>(s + i),
+                s_hi = load_row<Vec>(s + i + half);
+      store_row(o + i, a * load_row<Vec>(c + i) + (kTranspose ? b * s_hi : -b * s_lo));
+      store_row(o + i + half, b * load_row<Vec>(c + i + half) + (kTranspose ? -a * s_lo : a * s_hi));
     }
   for (; i < half; ++i) {
     const A a = load(x, i), b = load(x, i + half), s_lo = load(s, i), s_hi = load(s, i + half);
@@ -129,7 +159,7 @@ REAL_EXT_INLINE void rope_head(const S* x, const S* c, const S* s, S* o, int64_t
 }
 
 // Tokens [r0, r1) of x (token stride sx0, head stride sx1) into out (contiguous).
-template <typename S>
+template <typename Vec, typename S>
 REAL_EXT_INLINE void rope_t(const S* x, int64_t sx0, int64_t sx1, const S* cos, const S* sin, S* out, int64_t r0,
                             int64_t r1, int64_t heads, int64_t D, bool transpose) {
   for (int64_t t = r0; t < r1; ++t)
@@ -137,9 +167,9 @@ REAL_EXT_INLINE void rope_t(const S* x, int64_t sx0, int64_t sx1, const S* cos, 
       const S* xr = x + t * sx0 + h * sx1;
       S* o = out + (t * heads + h) * D;
       if (transpose)
-        rope_head<true>(xr, cos + t * D, sin + t * D, o, D / 2);
+        rope_head<true, Vec>(xr, cos + t * D, sin + t * D, o, D / 2);
       else
-        rope_head<false>(xr, cos + t * D, sin + t * D, o, D / 2);
+        rope_head<false, Vec>(xr, cos + t * D, sin + t * D, o, D / 2);
     }
 }
 
@@ -152,8 +182,7 @@ REAL_EXT_INLINE void silu_mul_fwd_t(const S* gate, int64_t ldg, const S* up, int
     const S* u = up + r * ldu;
     S* o = out + r * I;
     for (int64_t k = 0; k < I; ++k) {
-      const A gv = load(g, k);
-      store(o, k, gv * sigmoid(gv) * load(u, k));
+      store(o, k, silu(A(load(g, k))) * load(u, k));
     }
   }
 }
@@ -175,19 +204,23 @@ REAL_EXT_INLINE void silu_mul_bwd_t(const S* dout, const S* gate, int64_t ldg, c
   }
 }
 
-// One ISA-cloned entry per storage type (clones cannot be templates).
+// One ISA-cloned entry per storage type (clones cannot be templates); wide:
+// wide_vectors(), vec16 steps (else vec8).
 #define REAL_EXT_LAYER_ENTRIES(S)                                                                                  \
   REAL_EXT_CPU_CLONES void rms_fwd(const S* x, int64_t ldx, const S* w, S* out, Acc<S>::type* rstd, int64_t r0,    \
-                                   int64_t r1, int64_t H, double eps) {                                            \
-    rms_fwd_t(x, ldx, w, out, rstd, r0, r1, H, eps);                                                               \
+                                   int64_t r1, int64_t H, double eps, bool wide) {                                 \
+    if (wide) return rms_fwd_t<vec16>(x, ldx, w, out, rstd, r0, r1, H, eps);                                       \
+    rms_fwd_t<vec8>(x, ldx, w, out, rstd, r0, r1, H, eps);                                                         \
   }                                                                                                                \
   REAL_EXT_CPU_CLONES void rms_bwd(const S* dout, const S* x, int64_t ldx, const S* w, const Acc<S>::type* rstd,  \
-                                   S* dx, Acc<S>::type* dw_part, int64_t r0, int64_t r1, int64_t H) {              \
-    rms_bwd_t(dout, x, ldx, w, rstd, dx, dw_part, r0, r1, H);                                                      \
+                                   S* dx, Acc<S>::type* dw_part, int64_t r0, int64_t r1, int64_t H, bool wide) {   \
+    if (wide) return rms_bwd_t<vec16>(dout, x, ldx, w, rstd, dx, dw_part, r0, r1, H);                              \
+    rms_bwd_t<vec8>(dout, x, ldx, w, rstd, dx, dw_part, r0, r1, H);                                                \
   }                                                                                                                \
   REAL_EXT_CPU_CLONES void rope_rows(const S* x, int64_t sx0, int64_t sx1, const S* cos, const S* sin, S* out,     \
-                                     int64_t r0, int64_t r1, int64_t heads, int64_t D, bool transpose) {           \
-    rope_t(x, sx0, sx1, cos, sin, out, r0, r1, heads, D, transpose);                                               \
+                                     int64_t r0, int64_t r1, int64_t heads, int64_t D, bool transpose, bool wide) {\
+    if (wide) return rope_t<vec16>(x, sx0, sx1, cos, sin, out, r0, r1, heads, D, transpose);                       \
+    rope_t<vec8>(x, sx0, sx1, cos, sin, out, r0, r1, heads, D, transpose);                                         \
   }                                                                                                                \
   REAL_EXT_CPU_CLONES void silu_mul_fwd_rows(const S* gate, int64_t ldg, const S* up, int64_t ldu, S* out,         \
                                              int64_t r0, int64_t r1, int64_t I) {                                  \
@@ -228,7 +261,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x_in, cons
   dispatch_storage(x, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     at::parallel_for(0, T, grain_rows(H), [&](int64_t r0, int64_t r1) {
-      rms_fwd(ptr<S>(x), x.stride(0), ptr<S>(w), ptr<S>(out), ptr<typename Acc<S>::type>(rstd), r0, r1, H, eps);
+      rms_fwd(ptr<S>(x), x.stride(0), ptr<S>(w), ptr<S>(out), ptr<typename Acc<S>::type>(rstd), r0, r1, H, eps,
+              wide_vectors());
     });
   });
   return {out, rstd};
@@ -251,7 +285,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& dout_in, c
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c)
         rms_bwd(ptr<S>(dout), ptr<S>(x), x.stride(0), ptr<S>(w), ptr<A>(rstd), ptr<S>(dx), ptr<A>(dw_part) + c * H,
-                std::min(T, c * per), std::min(T, (c + 1) * per), H);
+                std::min(T, c * per), std::min(T, (c + 1) * per), H, wide_vectors());
     });
   });
   return {dx, dw_part.sum(0).to(x.scalar_type())};
@@ -267,7 +301,7 @@ at::Tensor rope_cpu(const at::Tensor& x_in, const at::Tensor& cos_in, const at::
     using S = std::remove_pointer_t<decltype(tag)>;
     at::parallel_for(0, T, grain_rows(heads * D), [&](int64_t r0, int64_t r1) {
       rope_rows(ptr<S>(x), x.stride(0), x.stride(1), ptr<S>(cos), ptr<S>(sin), ptr<S>(out), r0, r1, heads, D,
-                transpose);
+                transpose, wide_vectors());
     });
   });
   return out;
