@@ -7,6 +7,12 @@ whichever is slower; prefill
 does 2 * params FLOPs per prompt token. "x vs HF at floor" is how fast the
 floor itself is against HF: no implementation can beat that ratio.
 
+Ours and HF take turns for --repeats rounds (default 3): the times are the
+medians, "x vs HF" the median of the rounds' ratios (each round's two runs
+are close in time, so a machine whose speed drifts by 20% over minutes, as
+the 2-core bench machine's does, moves both), and every round's ratio is
+printed.
+
 On CUDA, ours runs twice: decode steps replayed from CUDA graphs (the
 default) and launched eagerly ("ours eager"). "ours GB/s": the bytes a decode
 step must read (all weights, plus the KV cache of every running sequence)
@@ -17,6 +23,7 @@ over our decode time, against the copy bandwidth measured here.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -76,10 +83,13 @@ def main():
     p.add_argument("--min-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of ours then HF, taking turns (medians reported)")
     p.add_argument("--out", default=None)
     p.add_argument("--profile", action="store_true",
                    help="then profile one generate() of the largest batch (torch.profiler table on stdout)")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     import transformers
     dtype = getattr(torch, args.dtype)
     config = MODELS[args.model]
@@ -104,14 +114,23 @@ def main():
     for n in [int(b) for b in args.batches.split(",")]:
         prompts = prompts_for(n, args, config["vocab_size"])
         generate(ours, prompts, GenerationConfig(max_new_tokens=4, greedy=True))  # warm-up (graph capture)
-        ours_out, t_ours = timed(args.device, lambda: generate(ours, prompts, cfg).output_ids)
-        if eager:
-            no_graphs = GenerationConfig(**{**cfg.__dict__, "cuda_graphs": False})
-            eager_out, t_eager = timed(args.device, lambda: generate(ours, prompts, no_graphs).output_ids)
-            assert eager_out == ours_out or args.dtype != "float32", "CUDA-graph and eager decoding disagree"
         with torch.no_grad():
             run_hf(hf, prompts[:2], 4, args.device)
-            hf_out, t_hf = timed(args.device, lambda: run_hf(hf, prompts, args.new_tokens, args.device))
+        times = {"ours": [], "eager": [], "hf": []}
+        for _ in range(args.repeats):
+            ours_out, t = timed(args.device, lambda: generate(ours, prompts, cfg).output_ids)
+            times["ours"].append(t)
+            if eager:
+                no_graphs = GenerationConfig(**{**cfg.__dict__, "cuda_graphs": False})
+                eager_out, t = timed(args.device, lambda: generate(ours, prompts, no_graphs).output_ids)
+                times["eager"].append(t)
+                assert eager_out == ours_out or args.dtype != "float32", "CUDA-graph and eager decoding disagree"
+            with torch.no_grad():
+                hf_out, t = timed(args.device, lambda: run_hf(hf, prompts, args.new_tokens, args.device))
+            times["hf"].append(t)
+        rounds = [h / o for h, o in zip(times["hf"], times["ours"])]
+        t_ours, t_hf = statistics.median(times["ours"]), statistics.median(times["hf"])
+        t_eager = statistics.median(times["eager"]) if eager else None
         same = sum(a == b for a, b in zip(ours_out, hf_out))
         tokens = n * args.new_tokens
         # Each decode step reads every weight once and does 2 * params FLOPs per
@@ -122,15 +141,16 @@ def main():
         mean_context = sum(map(len, prompts)) / n + args.new_tokens / 2
         decode_bytes = (args.new_tokens - 1) * (weight_bytes + n * mean_context * kv_token_bytes)
         rows.append([n, tokens, t_ours] + ([t_eager] if eager else []) + [
-            t_hf, tokens / t_ours, tokens / t_hf, t_hf / t_ours] + ([t_eager / t_ours] if eager else []) + [
+            t_hf, tokens / t_ours, tokens / t_hf, statistics.median(rounds), " / ".join(f"{r:.2f}" for r in rounds)] + (
+            [t_eager / t_ours] if eager else []) + [
             decode_bytes / t_ours / 1e9, 100 * decode_bytes / t_ours / bandwidth, floor,
             100 * floor / t_ours, t_hf / floor, f"{same}/{n}"])
         print(rows[-1], flush=True)
     table = markdown_table(["prompts", "new tokens", "ours s"] + (["ours eager s"] if eager else []) + [
-        "HF s", "ours tok/s", "HF tok/s", "x vs HF"] + (["x graphs vs eager"] if eager else []) + [
+        "HF s", "ours tok/s", "HF tok/s", "x vs HF", "x vs HF by round"] + (["x graphs vs eager"] if eager else []) + [
         "ours GB/s", "% of copy", "roofline floor s", "floor % of ours", "x vs HF at floor", "same tokens as HF"],
         rows)
-    note = (f"Machine: {machine(args.device)}; LLaMA {params / 1e6:.0f}M params ({args.model}), {args.dtype}; "
+    note = (f"Machine: {machine(args.device)}; median of {args.repeats} rounds, ours and HF taking turns; LLaMA {params / 1e6:.0f}M params ({args.model}), {args.dtype}; "
             f"prompts of {args.min_len}..{args.max_len} tokens, greedy, {args.new_tokens} new tokens each. Floor: "
             f"{args.new_tokens - 1} decode steps x max({weight_bytes / 2 ** 20:.0f} MiB of weights at "
             f"{bandwidth / 1e9:.0f} GB/s (copy, read + write), the step's FLOPs at {flops / 1e9:.0f} GFLOP/s "

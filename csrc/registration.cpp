@@ -96,7 +96,9 @@ TORCH_LIBRARY(real_ext, m) {
   m.def("silu_mul_fwd(Tensor gate, Tensor up) -> Tensor");
   m.def("silu_mul_bwd(Tensor dout, Tensor gate, Tensor up) -> (Tensor dgate, Tensor dup)");
   // y = x weight^T + bias without autograd (decode steps): x (M, K), weight (N, K),
-  // bias (N,) or None, one dtype; y (M, N). The CPU kernel serves M <= 8.
+  // bias (N,) or None, one dtype; y (M, N). On the CPU the compiled kernels take
+  // decode-sized M (csrc/layers/linear_cpu.cpp), larger float32 M goes to OpenBLAS
+  // where it is loaded, the rest to ATen.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // The sgemm the CPU float32 products of many rows use (csrc/layers/cpu_blas.cpp):
   // load a library by path, its cblas symbols named with prefix ("" on success, else

@@ -60,7 +60,7 @@ if [ -f "$LOGS/tests_cuda.log" ]; then
   grep -E "passed|failed|error" "$LOGS/tests_cuda.log" | tail -3 | tee -a "$SUMMARY"
   grep -E "^(FAILED|ERROR)" "$LOGS/tests_cuda.log" | head -20 | tee -a "$SUMMARY"
 fi
-step generate 150 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --model 0.5b --batches 16,64 --profile \
+step generate 150 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --model 0.5b --batches 16,64 --repeats 1 --profile \
   --out "$LOGS/generate.md"
 step ppo 150 python3 bench/bench_ppo_gpu.py --out-dir "$LOGS"
 [ -f "$LOGS/ppo_timeline.png" ] && cp "$LOGS/ppo_timeline.png" "$OUT_DIR/"
@@ -76,7 +76,7 @@ step attention_long 120 python3 bench/bench_attention.py --device cuda --no-flex
 # worker (the development machines run 4-8 workers on 2 cores), and CPU generation on 2 of its
 # cores (another CPU class than the development machines').
 step realloc 240 python3 bench/bench_realloc.py --repeats 5 --out "$LOGS/realloc.md"
-step generate_cpu 150 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_generate.py --batches 64 \
+step generate_cpu 150 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_generate.py --batches 64 --repeats 1 \
   --out "$LOGS/generate_cpu.md"
 step decode_cpu 60 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_decode_attention.py \
   --out "$LOGS/decode_cpu.md"

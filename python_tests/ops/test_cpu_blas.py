@@ -56,3 +56,21 @@ def test_bad_choice_and_library_are_clear_errors():
     env = {**os.environ, "REAL_EXT_CPU_BLAS": "fastest"}
     run = subprocess.run([sys.executable, "-c", "import real_ext"], env=env, capture_output=True, text=True)
     assert run.returncode != 0 and "REAL_EXT_CPU_BLAS='fastest'" in run.stderr
+
+
+def test_an_unloadable_wheel_falls_back_to_aten_with_a_warning(monkeypatch):
+    """Unset REAL_EXT_CPU_BLAS: a wheel that is installed but cannot be loaded
+    leaves the products on ATen and says so; it does not stop the import."""
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        pytest.skip("the automatic choice considers OpenBLAS on x86-64 Linux only")
+    before = cpu_blas.current()
+    monkeypatch.delenv("REAL_EXT_CPU_BLAS", raising=False)
+    monkeypatch.setattr(cpu_blas, "_intel_cpu", lambda: False)
+    monkeypatch.setattr(cpu_blas, "_openblas_path", lambda: "/no/such/libscipy_openblas.so")
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot load /no/such/libscipy_openblas.so.*REAL_EXT_CPU_BLAS=aten"):
+            cpu_blas.choose_at_import()
+        assert cpu_blas.current() == "aten"
+    finally:
+        monkeypatch.undo()  # the real wheel's path again, to restore the choice
+        cpu_blas.use(before)

@@ -4,12 +4,14 @@ its own kernels' sizes: a prefill, an inference forward; csrc/layers/cpu_blas.cp
 torch's CPU wheels multiply with MKL, tuned for Intel's CPUs; on others
 OpenBLAS from the ``scipy-openblas32`` wheel (a dependency on x86-64 Linux) is
 faster: 120-150 GFLOP/s against 80-131 at a prefill's shapes on a 2-core Zen 3. ``REAL_EXT_CPU_BLAS`` picks: ``openblas`` or ``aten``;
-unset, OpenBLAS where the wheel is installed and the CPU is not Intel's.
+unset, OpenBLAS where the wheel is installed and the CPU is not Intel's
+(ATen, with a warning, if that wheel cannot be loaded).
 """
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import torch
 
@@ -55,8 +57,21 @@ def current() -> str:
 
 
 def choose_at_import() -> None:
+    """REAL_EXT_CPU_BLAS's choice (a bad one, or an openblas that cannot be
+    loaded, fails the import); unset, OpenBLAS where it pays, and ATen with a
+    warning where its wheel is installed but cannot be loaded (a broken or
+    foreign install must not stop real_ext from importing)."""
     choice = os.environ.get("REAL_EXT_CPU_BLAS")
-    if choice is None:
-        linux_x86 = sys.platform == "linux" and os.uname().machine == "x86_64"
-        choice = "openblas" if linux_x86 and not _intel_cpu() and _openblas_path() is not None else "aten"
-    use(choice)
+    if choice is not None:
+        use(choice)
+        return
+    linux_x86 = sys.platform == "linux" and os.uname().machine == "x86_64"
+    if not (linux_x86 and not _intel_cpu() and _openblas_path() is not None):
+        use("aten")
+        return
+    error = torch.ops.real_ext.use_cpu_blas(_openblas_path(), "scipy_")
+    if error:
+        use("aten")
+        warnings.warn(f"real_ext: the scipy-openblas32 wheel is installed but unusable ({error}); the CPU float32 "
+                      f"products use ATen. Reinstall it (pip install --force-reinstall scipy-openblas32), or set "
+                      f"REAL_EXT_CPU_BLAS=aten to choose ATen without this warning.", RuntimeWarning, stacklevel=2)
