@@ -150,7 +150,8 @@ def main():
         "HF s", "ours tok/s", "HF tok/s", "x vs HF", "x vs HF by round"] + (["x graphs vs eager"] if eager else []) + [
         "ours GB/s", "% of copy", "roofline floor s", "floor % of ours", "x vs HF at floor", "same tokens as HF"],
         rows)
-    note = (f"Machine: {machine(args.device)}; median of {args.repeats} rounds, ours and HF taking turns; LLaMA {params / 1e6:.0f}M params ({args.model}), {args.dtype}; "
+    note = (f"Machine: {machine(args.device)}; median of {args.repeats} rounds, ours and HF taking turns; "
+            f"LLaMA {params / 1e6:.0f}M params ({args.model}), {args.dtype}; "
             f"prompts of {args.min_len}..{args.max_len} tokens, greedy, {args.new_tokens} new tokens each. Floor: "
             f"{args.new_tokens - 1} decode steps x max({weight_bytes / 2 ** 20:.0f} MiB of weights at "
             f"{bandwidth / 1e9:.0f} GB/s (copy, read + write), the step's FLOPs at {flops / 1e9:.0f} GFLOP/s "

@@ -48,7 +48,8 @@ template <typename S> constexpr bool kVec = !std::is_same_v<S, double>;
 
 REAL_EXT_INLINE float sigmoid(float g) { return 1.f / (1.f + fast_expf(std::min(-g, 88.f))); }
 REAL_EXT_INLINE double sigmoid(double g) { return 1.0 / (1.0 + std::exp(-g)); }
-// g * sigmoid(g) with one division (ATen's order; the division bounds the loop).
+// g * sigmoid(g) as ATen computes silu, g / (1 + exp(-g)): one division where
+// g * (1 / (1 + exp(-g))) took a division and a product.
 REAL_EXT_INLINE float silu(float g) { return g / (1.f + fast_expf(std::min(-g, 88.f))); }
 REAL_EXT_INLINE double silu(double g) { return g / (1.0 + std::exp(-g)); }
 

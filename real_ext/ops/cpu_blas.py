@@ -66,10 +66,11 @@ def choose_at_import() -> None:
         use(choice)
         return
     linux_x86 = sys.platform == "linux" and os.uname().machine == "x86_64"
-    if not (linux_x86 and not _intel_cpu() and _openblas_path() is not None):
+    path = _openblas_path() if linux_x86 and not _intel_cpu() else None
+    if path is None:
         use("aten")
         return
-    error = torch.ops.real_ext.use_cpu_blas(_openblas_path(), "scipy_")
+    error = torch.ops.real_ext.use_cpu_blas(path, "scipy_")
     if error:
         use("aten")
         warnings.warn(f"real_ext: the scipy-openblas32 wheel is installed but unusable ({error}); the CPU float32 "
