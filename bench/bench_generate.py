@@ -117,11 +117,11 @@ def main():
         with torch.no_grad():
             run_hf(hf, prompts[:2], 4, args.device)
         times = {"ours": [], "eager": [], "hf": []}
+        no_graphs = GenerationConfig(**{**cfg.__dict__, "cuda_graphs": False})
         for _ in range(args.repeats):
             ours_out, t = timed(args.device, lambda: generate(ours, prompts, cfg).output_ids)
             times["ours"].append(t)
             if eager:
-                no_graphs = GenerationConfig(**{**cfg.__dict__, "cuda_graphs": False})
                 eager_out, t = timed(args.device, lambda: generate(ours, prompts, no_graphs).output_ids)
                 times["eager"].append(t)
                 assert eager_out == ours_out or args.dtype != "float32", "CUDA-graph and eager decoding disagree"

@@ -178,11 +178,11 @@ REAL_EXT_INLINE void silu_mul_fwd_t(const S* gate, int64_t ldg, const S* up, int
     const S* g = gate + r * ldg;
     const S* u = up + r * ldu;
     S* o = out + r * I;
+    // g * sigmoid(g) rounds unlike ATen's g / (1 + exp(-g)), which would save a
+    // product; the shipped runs follow this order (that one change moved the
+    // quickstart's PPO onto a trajectory that exploits its reward model:
+    // bench/RESULTS.md, Experiments, stop 29).
     for (int64_t k = 0; k < I; ++k) {
-      // g * sigmoid(g) rounds unlike ATen's g / (1 + exp(-g)), which would save a
-      // product; the shipped runs follow this order (that one change moved the
-      // quickstart's PPO onto a trajectory that exploits its reward model:
-      // bench/RESULTS.md, Experiments, stop 29).
       const A gv = load(g, k);
       store(o, k, gv * sigmoid(gv) * load(u, k));
     }

@@ -21,7 +21,7 @@ def openblas():
 
 
 def test_the_wheel_is_installed_where_it_is_a_dependency():
-    if sys.platform != "linux" or os.uname().machine != "x86_64":
+    if not cpu_blas._linux_x86():
         pytest.skip("scipy-openblas32 is a dependency on x86-64 Linux only")
     assert cpu_blas._openblas_path() is not None
     assert cpu_blas.current() == ("aten" if cpu_blas._intel_cpu() else "openblas")
@@ -61,7 +61,7 @@ def test_bad_choice_and_library_are_clear_errors():
 def test_an_unloadable_wheel_falls_back_to_aten_with_a_warning(monkeypatch):
     """Unset REAL_EXT_CPU_BLAS: a wheel that is installed but cannot be loaded
     leaves the products on ATen and says so; it does not stop the import."""
-    if sys.platform != "linux" or os.uname().machine != "x86_64":
+    if not cpu_blas._linux_x86():
         pytest.skip("the automatic choice considers OpenBLAS on x86-64 Linux only")
     before = cpu_blas.current()
     monkeypatch.delenv("REAL_EXT_CPU_BLAS", raising=False)

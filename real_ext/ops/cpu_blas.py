@@ -26,6 +26,16 @@ def _intel_cpu() -> bool:
         return False
 
 
+def _linux_x86() -> bool:
+    """Where the wheel is a dependency and the automatic choice considers it."""
+    return sys.platform == "linux" and os.uname().machine == "x86_64"
+
+
+def _load_openblas(path: str) -> str:
+    """Points the products at the wheel's library; "" on success, else why not."""
+    return torch.ops.real_ext.use_cpu_blas(path, "scipy_")
+
+
 def _openblas_path() -> str | None:
     try:
         import scipy_openblas32
@@ -46,7 +56,7 @@ def use(choice: str) -> None:
     if path is None:
         raise ValueError("REAL_EXT_CPU_BLAS=openblas needs the scipy-openblas32 wheel: "
                          "pip install scipy-openblas32 (or set REAL_EXT_CPU_BLAS=aten)")
-    error = torch.ops.real_ext.use_cpu_blas(path, "scipy_")
+    error = _load_openblas(path)
     if error:
         raise ValueError(f"REAL_EXT_CPU_BLAS=openblas: {error}")
 
@@ -65,12 +75,11 @@ def choose_at_import() -> None:
     if choice is not None:
         use(choice)
         return
-    linux_x86 = sys.platform == "linux" and os.uname().machine == "x86_64"
-    path = _openblas_path() if linux_x86 and not _intel_cpu() else None
+    path = _openblas_path() if _linux_x86() and not _intel_cpu() else None
     if path is None:
         use("aten")
         return
-    error = torch.ops.real_ext.use_cpu_blas(path, "scipy_")
+    error = _load_openblas(path)
     if error:
         use("aten")
         warnings.warn(f"real_ext: the scipy-openblas32 wheel is installed but unusable ({error}); the CPU float32 "
