@@ -105,4 +105,9 @@ TORCH_LIBRARY(real_ext, m) {
   // the failure; an empty path: ATen's products); the loaded path ("" for ATen).
   m.def("use_cpu_blas(str path, str prefix) -> str");
   m.def("cpu_blas() -> str");
+  // MKL's packed weights for the CPU float32 products past the compiled kernels'
+  // sizes (csrc/layers/mkl_packed.cpp): enter (True) or leave (False) a scope in
+  // which each weight is packed once; returns the weights packed in it so far.
+  m.def("packed_weights_scope(bool enter) -> int");
+  m.def("mkl_packing_available() -> bool");
 }

@@ -20,6 +20,7 @@
 #include "layers/layer_checks.h"
 #include "layers/linear_bf16_dot.h"
 #include "layers/linear_panels.h"
+#include "layers/mkl_packed.h"
 
 namespace real_ext {
 namespace {
@@ -149,10 +150,13 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   // transposed operand as it is) serves it.
   const bool k_major = weight.stride(1) != 1 && weight.stride(0) == 1;
   // Products the kernels here do not take: OpenBLAS's where it is loaded
-  // (float32, cpu_blas.cpp), else ATen's.
+  // (float32, cpu_blas.cpp), else MKL's with the weight packed once inside a
+  // packed_weights scope (mkl_packed.cpp), else ATen's.
   auto library = [&] {
     at::Tensor y;
-    if (dt == at::kFloat && M > 0 && K > 0 && blas_linear(rows_view(x), weight, bias, y)) return y;
+    if (dt == at::kFloat && M > 0 && K > 0 &&
+        (blas_linear(rows_view(x), weight, bias, y) || packed_linear(rows_view(x), weight, bias, y)))
+      return y;
     return at::linear(x, weight, bias);
   };
   if (k_major && !panels) return library();

@@ -28,6 +28,7 @@ from real_ext.generation.kv_cache import CacheStep, PagedKVCache
 from real_ext.generation.rng import uniforms
 from real_ext.heap import hold_freed_memory
 from real_ext.model.row_major import row_major_products
+from real_ext.ops import cpu_blas
 
 PREFILL_TOKENS = 8192  # prompt tokens per prefill forward (bounds activation memory)
 
@@ -189,9 +190,10 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, *,
     ranks each generating their share draw what one process would for all.
     Freed host memory stays in the process until it returns (real_ext/heap.py);
     on the CPU, transposed weights are read from row-major copies made for the
-    call (real_ext/model/row_major.py)."""
+    call (real_ext/model/row_major.py), and the products MKL serves read
+    weights it packed once for the call (cpu_blas.packed_weights)."""
     check_request(model, prompts, config)
-    with row_major_products(model):
+    with row_major_products(model), cpu_blas.packed_weights():
         return _generate(model, prompts, config, prompt_ids)
 
 

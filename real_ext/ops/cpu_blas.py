@@ -6,9 +6,14 @@ OpenBLAS from the ``scipy-openblas32`` wheel (a dependency on x86-64 Linux) is
 faster: 120-150 GFLOP/s against 80-131 at a prefill's shapes on a 2-core Zen 3. ``REAL_EXT_CPU_BLAS`` picks: ``openblas`` or ``aten``;
 unset, OpenBLAS where the wheel is installed and the CPU is not Intel's
 (ATen, with a warning, if that wheel cannot be loaded).
+
+Where ATen's products are MKL's, ``packed_weights()`` lets a block of work
+that multiplies by the same weights many times (a generate() call) pack each
+weight once instead of in every product (csrc/layers/mkl_packed.cpp).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -85,3 +90,18 @@ def choose_at_import() -> None:
         warnings.warn(f"real_ext: the scipy-openblas32 wheel is installed but unusable ({error}); the CPU float32 "
                       f"products use ATen. Reinstall it (pip install --force-reinstall scipy-openblas32), or set "
                       f"REAL_EXT_CPU_BLAS=aten to choose ATen without this warning.", RuntimeWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def packed_weights():
+    """Within the block, the CPU float32 products past the compiled kernels'
+    sizes that would go to ATen read MKL-packed copies of their weights, each
+    packed at its first product and dropped on exit (the outermost exit of
+    nested blocks). The weights must not change inside the block, except
+    through in-place ops that bump their version counter. Without MKL, or
+    with OpenBLAS loaded, the block changes nothing."""
+    torch.ops.real_ext.packed_weights_scope(True)
+    try:
+        yield
+    finally:
+        torch.ops.real_ext.packed_weights_scope(False)

@@ -1,0 +1,97 @@
+"""ops.linear inside cpu_blas.packed_weights() (csrc/layers/mkl_packed.cpp):
+products of MKL-packed weights against a float64 reference, repacking after an
+in-place change, nested scopes, and the error of leaving no scope."""
+import pytest
+import torch
+
+from real_ext import ops
+from real_ext.ops import cpu_blas
+
+scope = torch.ops.real_ext.packed_weights_scope
+
+
+@pytest.fixture
+def aten():
+    """ATen's products (MKL's where torch has it): OpenBLAS, where loaded, serves first."""
+    before = cpu_blas.current()
+    cpu_blas.use("aten")
+    yield
+    cpu_blas.use(before)
+
+
+def held() -> int:
+    """Weights packed in the current scope (entering and leaving one more level changes nothing)."""
+    scope(True)
+    return scope(False)
+
+
+def test_packing_is_available_where_torch_has_mkl():
+    assert torch.ops.real_ext.mkl_packing_available() == torch.backends.mkl.is_available()
+
+
+# Rows past the compiled kernels' sizes on every CPU (AVX2 panels take up to 128).
+@pytest.mark.parametrize("rows", [129, 300, 1000])
+@pytest.mark.parametrize("stored", ["rows", "transposed"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_matches_float64(aten, rows, stored, bias):
+    g = torch.Generator().manual_seed(rows)
+    K, N = 96, 200
+    x = torch.randn(rows, K + 8, generator=g)[:, 3:3 + K]  # row-strided, as a fused product's slice
+    w = torch.randn(N, K, generator=g)
+    if stored == "transposed":  # a row-parallel weight of the flat buffer: (K, N) rows
+        w = w.t().contiguous().t()
+    b = torch.randn(N, generator=g) if bias else None
+    ref = x.double() @ w.double().t() + (0 if b is None else b.double())
+    with cpu_blas.packed_weights():
+        first, again = ops.linear(x, w, b), ops.linear(x, w, b)
+        assert held() == (1 if torch.ops.real_ext.mkl_packing_available() else 0)
+    assert held() == 0
+    for y in (first, again):
+        assert y.dtype == torch.float32 and y.shape == (rows, N)
+        torch.testing.assert_close(y.double(), ref, rtol=0, atol=2e-5 * K ** 0.5)
+    torch.testing.assert_close(first, torch.nn.functional.linear(x, w, b), rtol=0, atol=1e-4)
+
+
+def test_a_weight_changed_in_place_is_packed_again(aten):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(200, 64, generator=g), torch.randn(48, 64, generator=g)
+    with cpu_blas.packed_weights():
+        before = ops.linear(x, w)
+        w.mul_(-2)  # bumps the version counter
+        after = ops.linear(x, w)
+    torch.testing.assert_close(after.double(), x.double() @ w.double().t(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(after, -2 * before, rtol=0, atol=1e-4)
+
+
+def test_scopes_nest_and_the_outermost_drops_the_copies(aten):
+    if not torch.ops.real_ext.mkl_packing_available():
+        pytest.skip("torch has no MKL here: nothing is packed")
+    g = torch.Generator().manual_seed(1)
+    x, w1, w2 = torch.randn(200, 32, generator=g), torch.randn(16, 32, generator=g), torch.randn(24, 32, generator=g)
+    with cpu_blas.packed_weights():
+        ops.linear(x, w1)
+        with cpu_blas.packed_weights():
+            ops.linear(x, w2)
+            ops.linear(x, w1)  # packed by the outer scope already
+            assert held() == 2
+        assert held() == 2  # the inner scope's end drops nothing
+    assert held() == 0
+
+
+def test_openblas_serves_first_and_nothing_is_packed():
+    if cpu_blas._openblas_path() is None:
+        pytest.skip("the scipy-openblas32 wheel is a dependency on x86-64 Linux only")
+    before = cpu_blas.current()
+    cpu_blas.use("openblas")
+    try:
+        x, w = torch.randn(200, 32), torch.randn(16, 32)
+        with cpu_blas.packed_weights():
+            ops.linear(x, w)
+            assert held() == 0
+    finally:
+        cpu_blas.use(before)
+
+
+def test_leaving_no_scope_is_an_error():
+    with pytest.raises(RuntimeError, match="without a scope to leave"):
+        scope(False)
