@@ -61,6 +61,8 @@ std::string cpu_blas() { return loaded_sgemm.load() == nullptr ? "" : loaded_pat
 
 }  // namespace
 
+bool blas_loaded() { return loaded_sgemm.load() != nullptr; }
+
 bool blas_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  at::Tensor& y) {
   const Sgemm sgemm = loaded_sgemm.load();
