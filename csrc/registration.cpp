@@ -98,7 +98,8 @@ TORCH_LIBRARY(real_ext, m) {
   // y = x weight^T + bias without autograd (decode steps): x (M, K), weight (N, K),
   // bias (N,) or None, one dtype; y (M, N). On the CPU the compiled kernels take
   // decode-sized M (csrc/layers/linear_cpu.cpp), larger float32 M goes to OpenBLAS
-  // where it is loaded, the rest to ATen.
+  // where it is loaded, else to MKL's packed weights inside a packed_weights scope
+  // (csrc/layers/mkl_packed.cpp), the rest to ATen.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // The sgemm the CPU float32 products of many rows use (csrc/layers/cpu_blas.cpp):
   // load a library by path, its cblas symbols named with prefix ("" on success, else

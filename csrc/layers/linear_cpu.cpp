@@ -6,7 +6,10 @@
 // (sum16x16). With AVX512-BF16, bfloat16 batches of rows (a decode step of many
 // sequences) run in k-pair panels (linear_bf16_gemm_cpu.cpp). Without AVX-512
 // (wide_vectors() false) the panels of linear_panels.h take float32 up to
-// kMaxRowsPanels rows and bfloat16 at any M. Larger M goes to at::linear.
+// kMaxRowsPanels rows and bfloat16 at any M. Larger M goes to OpenBLAS where
+// it is loaded (cpu_blas.cpp), else to MKL's products of packed weights inside
+// a packed_weights scope (mkl_packed.cpp; there, with AVX-512, float32 at any
+// M), else to at::linear.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

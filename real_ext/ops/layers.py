@@ -32,7 +32,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows (a decode step's last running sequences) take a kernel that reads each
     weight row once for all of them, and with AVX512-BF16 bfloat16 batches of up
     to 128 rows (even K) a panel kernel; other float32 products go to OpenBLAS
-    where real_ext/ops/cpu_blas.py loads it, the rest to ATen's linear."""
+    where real_ext/ops/cpu_blas.py loads it, inside ``cpu_blas.packed_weights()``
+    to MKL's products of packed weights, the rest to ATen's linear."""
     return _ops.linear(x, weight, bias)
 
 
