@@ -165,7 +165,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   // Inside a packed_weights scope, where MKL serves the float32 products (no
   // OpenBLAS loaded), its packed products beat the row kernels below too: a
   // decode step's 1-8 rows by a 32M-parameter LLaMA's weights (cold) took
-  // 8.7-13.8 ms against the kernels' 9.5-18.7 on a 2-core Sapphire Rapids.
+  // 8.7-13.8 ms against the kernels' 9.5-18.7 on a 2-core AVX-512 Xeon.
   if (dt == at::kFloat && !panels && M > 0 && K > 0 && !blas_loaded()) {
     at::Tensor y;
     if (packed_linear(rows_view(x), weight, bias, y)) return y;

@@ -3,7 +3,7 @@
 // sgemm packs its B operand (here the weight) into its kernel's panel order on
 // every call. A decode step multiplies a few dozen rows by every weight of
 // the model, so that packing is a large share of the product: on a 2-core
-// Sapphire Rapids, 64 rows x a 32M-parameter LLaMA's weights, perf put 25% of
+// AVX-512 Xeon, 64 rows x a 32M-parameter LLaMA's weights, perf put 25% of
 // MKL's time in its B-packing copy, and the products with B packed once
 // (cblas_sgemm_pack, then cblas_sgemm_compute) ran at 1.3-1.45x the rate of
 // at::mm (bench/RESULTS.md). The packed copies live inside a scope
