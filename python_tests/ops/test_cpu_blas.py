@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from python_tests.ops.linear_operands import linear_operands
 from real_ext import ops
 from real_ext.ops import cpu_blas
 
@@ -31,15 +32,8 @@ def test_the_wheel_is_installed_where_it_is_a_dependency():
 @pytest.mark.parametrize("stored", ["rows", "transposed"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_openblas_linear_matches_float64(openblas, rows, stored, bias):
-    g = torch.Generator().manual_seed(rows)
-    K, N = 96, 200
-    x = torch.randn(rows, K + 8, generator=g)[:, 3:3 + K]  # row-strided, as a fused product's slice
-    w = torch.randn(N, K, generator=g)
-    if stored == "transposed":  # a row-parallel weight of the flat buffer: (K, N) rows
-        w = w.t().contiguous().t()
-    b = torch.randn(N, generator=g) if bias else None
+    x, w, b, ref = linear_operands(rows, stored, bias)
     y = ops.linear(x, w, b)
-    ref = x.double() @ w.double().T + (b.double() if bias else 0)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
     cpu_blas.use("aten")
     torch.testing.assert_close(y, ops.linear(x, w, b), rtol=1e-5, atol=1e-4)

@@ -4,6 +4,7 @@ in-place change, nested scopes, and the error of leaving no scope."""
 import pytest
 import torch
 
+from python_tests.ops.linear_operands import linear_operands
 from real_ext import ops
 from real_ext.ops import cpu_blas
 
@@ -35,22 +36,15 @@ def test_packing_is_available_where_torch_has_mkl():
 @pytest.mark.parametrize("stored", ["rows", "transposed"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_linear_matches_float64(aten, rows, stored, bias):
-    g = torch.Generator().manual_seed(rows)
-    K, N = 96, 200
-    x = torch.randn(rows, K + 8, generator=g)[:, 3:3 + K]  # row-strided, as a fused product's slice
-    w = torch.randn(N, K, generator=g)
-    if stored == "transposed":  # a row-parallel weight of the flat buffer: (K, N) rows
-        w = w.t().contiguous().t()
-    b = torch.randn(N, generator=g) if bias else None
-    ref = x.double() @ w.double().t() + (0 if b is None else b.double())
+    x, w, b, ref = linear_operands(rows, stored, bias)
     with cpu_blas.packed_weights():
         first, again = ops.linear(x, w, b), ops.linear(x, w, b)
         if rows > 128:
             assert held() == (1 if torch.ops.real_ext.mkl_packing_available() else 0)
     assert held() == 0
     for y in (first, again):
-        assert y.dtype == torch.float32 and y.shape == (rows, N)
-        torch.testing.assert_close(y.double(), ref, rtol=0, atol=2e-5 * K ** 0.5)
+        assert y.dtype == torch.float32 and y.shape == ref.shape
+        torch.testing.assert_close(y.double(), ref, rtol=0, atol=2e-5 * x.shape[1] ** 0.5)
     torch.testing.assert_close(first, torch.nn.functional.linear(x, w, b), rtol=0, atol=1e-4)
 
 
