@@ -1,6 +1,10 @@
 """ops.linear's operands as the model passes them, with a float64 reference
 (shared by the tests of the products' library paths)."""
+import contextlib
+
 import torch
+
+from real_ext.ops import cpu_blas
 
 K, N = 96, 200
 
@@ -17,3 +21,14 @@ def linear_operands(rows: int, stored: str, bias: bool):
     b = torch.randn(N, generator=g) if bias else None
     ref = x.double() @ w.double().t() + (0 if b is None else b.double())
     return x, w, b, ref
+
+
+@contextlib.contextmanager
+def using_blas(choice: str):
+    """The products on ``choice`` (cpu_blas.use) inside the block, the previous choice after."""
+    before = cpu_blas.current()
+    cpu_blas.use(choice)
+    try:
+        yield
+    finally:
+        cpu_blas.use(before)

@@ -8,17 +8,15 @@ import sys
 import pytest
 import torch
 
-from python_tests.ops.linear_operands import linear_operands
+from python_tests.ops.linear_operands import linear_operands, using_blas
 from real_ext import ops
 from real_ext.ops import cpu_blas
 
 
 @pytest.fixture
 def openblas():
-    before = cpu_blas.current()
-    cpu_blas.use("openblas")
-    yield
-    cpu_blas.use(before)
+    with using_blas("openblas"):
+        yield
 
 
 def test_the_wheel_is_installed_where_it_is_a_dependency():

@@ -4,7 +4,7 @@ in-place change, nested scopes, and the error of leaving no scope."""
 import pytest
 import torch
 
-from python_tests.ops.linear_operands import linear_operands
+from python_tests.ops.linear_operands import linear_operands, using_blas
 from real_ext import ops
 from real_ext.ops import cpu_blas
 
@@ -14,10 +14,8 @@ scope = torch.ops.real_ext.packed_weights_scope
 @pytest.fixture
 def aten():
     """ATen's products (MKL's where torch has it): OpenBLAS, where loaded, serves first."""
-    before = cpu_blas.current()
-    cpu_blas.use("aten")
-    yield
-    cpu_blas.use(before)
+    with using_blas("aten"):
+        yield
 
 
 def held() -> int:
@@ -77,15 +75,10 @@ def test_scopes_nest_and_the_outermost_drops_the_copies(aten):
 def test_openblas_serves_first_and_nothing_is_packed():
     if cpu_blas._openblas_path() is None:
         pytest.skip("the scipy-openblas32 wheel is a dependency on x86-64 Linux only")
-    before = cpu_blas.current()
-    cpu_blas.use("openblas")
-    try:
-        x, w = torch.randn(200, 32), torch.randn(16, 32)
-        with cpu_blas.packed_weights():
-            ops.linear(x, w)
-            assert held() == 0
-    finally:
-        cpu_blas.use(before)
+    x, w = torch.randn(200, 32), torch.randn(16, 32)
+    with using_blas("openblas"), cpu_blas.packed_weights():
+        ops.linear(x, w)
+        assert held() == 0
 
 
 def test_leaving_no_scope_is_an_error():
