@@ -153,19 +153,18 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   // transposed operand as it is) serves it.
   const bool k_major = weight.stride(1) != 1 && weight.stride(0) == 1;
   // Products the kernels here do not take: OpenBLAS's where it is loaded
-  // (float32, cpu_blas.cpp), else MKL's with the weight packed once inside a
-  // packed_weights scope (mkl_packed.cpp), else ATen's.
+  // (float32, cpu_blas.cpp), else ATen's.
   auto library = [&] {
     at::Tensor y;
-    if (dt == at::kFloat && M > 0 && K > 0 &&
-        (blas_linear(rows_view(x), weight, bias, y) || packed_linear(rows_view(x), weight, bias, y)))
-      return y;
+    if (dt == at::kFloat && M > 0 && K > 0 && blas_linear(rows_view(x), weight, bias, y)) return y;
     return at::linear(x, weight, bias);
   };
   // Inside a packed_weights scope, where MKL serves the float32 products (no
-  // OpenBLAS loaded), its packed products beat the row kernels below too: a
-  // decode step's 1-8 rows by a 32M-parameter LLaMA's weights (cold) took
-  // 8.7-13.8 ms against the kernels' 9.5-18.7 on a 2-core AVX-512 Xeon.
+  // OpenBLAS loaded), every float32 product the panels do not take multiplies
+  // a weight packed once (mkl_packed.cpp): those past the kernels' sizes, and
+  // the row kernels' few rows too, which the packed products beat: a decode
+  // step's 1-8 rows by a 32M-parameter LLaMA's weights (cold) took 8.7-13.8
+  // ms against the kernels' 9.5-18.7 on a 2-core AVX-512 Xeon.
   if (dt == at::kFloat && !panels && M > 0 && K > 0 && !blas_loaded()) {
     at::Tensor y;
     if (packed_linear(rows_view(x), weight, bias, y)) return y;
