@@ -1,11 +1,16 @@
 """Generation throughput: real_ext's engine against Hugging Face generate (KV
 cache on, left-padded batch), greedy, same weights and prompts, in one run.
-Also the roofline floor of the same work: a decode step must read all weights
-(bytes over the copy bandwidth measured here) and do 2 * params FLOPs per
-sequence (over the faster of torch.mm and real_ext's linear, measured here),
-whichever is slower; prefill
-does 2 * params FLOPs per prompt token. "x vs HF at floor" is how fast the
-floor itself is against HF: no implementation can beat that ratio.
+Also two floors of the same work, from the model's shapes and the copy bandwidth
+and product rate measured here: a decode step multiplies every running
+sequence by every layer weight and the LM head and reads those weights plus
+the running sequences' KV cache; prefill multiplies every prompt token by the
+layer weights and each prompt's last token by the LM head; attention FLOPs
+count too. "roofline floor" takes per step the slower of bytes over bandwidth
+and FLOPs over the product rate (memory and compute perfectly overlapped);
+"serial floor" their sum: a reference, not a bound, for a machine whose cores
+stall while they stream memory (a 2-core CPU while attention reads the cache):
+real code overlaps some of the two. "x vs HF at floor" is how fast the
+roofline floor itself is against HF: no implementation can beat that ratio.
 
 Ours and HF take turns for --repeats rounds (default 3): the times are the
 medians, "x vs HF" the median of the rounds' ratios (each round's two runs
@@ -14,9 +19,10 @@ the 2-core bench machine's does, moves both), and every round's ratio is
 printed.
 
 On CUDA, ours runs twice: decode steps replayed from CUDA graphs (the
-default) and launched eagerly ("ours eager"). "ours GB/s": the bytes a decode
-step must read (all weights, plus the KV cache of every running sequence)
-over our decode time, against the copy bandwidth measured here.
+default) and launched eagerly ("ours eager"). "ours GB/s": the bytes the decode
+steps must read (all weights, plus the KV cache of every running sequence)
+over our whole time (prefill included), against the copy bandwidth measured
+here.
 
     python bench/bench_generate.py                 # CPU: 16 and 64 prompts, 128 new tokens
     python bench/bench_generate.py --device cuda --dtype bfloat16 --model 0.5b
@@ -46,6 +52,43 @@ MODELS = {
                  num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
                  tie_word_embeddings=False),
 }
+
+
+class Work:
+    """The bytes and FLOPs of one generate() call of a LLaMA-layout config:
+    prefill, then new_tokens - 1 decode steps with every sequence running."""
+
+    def __init__(self, config: dict, elem: int, prompts: list[list[int]], new_tokens: int):
+        h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+        heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+        d = h // heads
+        layer_matmul = h * heads * d * 2 + h * kv_heads * d * 2 + 3 * h * inter  # q, o; k, v; gate, up, down
+        self.matmul = layers * layer_matmul
+        self.head = config["vocab_size"] * h
+        self.weight_bytes = elem * (self.matmul + self.head + (2 * layers + 1) * h)  # + the norms
+        self.kv_token_bytes = 2 * layers * kv_heads * d * elem
+        self.attn_flops_per_key = 4 * layers * heads * d  # q.k and p.v of one query over one key
+        self.lengths, self.new_tokens = [len(p) for p in prompts], new_tokens
+
+    def steps(self):
+        """(bytes, FLOPs) of the prefill, then of every decode step."""
+        n, tokens = len(self.lengths), sum(self.lengths)
+        causal_keys = sum(k * (k + 1) // 2 for k in self.lengths)
+        yield (self.weight_bytes + tokens * self.kv_token_bytes,
+               2 * self.matmul * tokens + 2 * self.head * n + self.attn_flops_per_key * causal_keys)
+        for s in range(1, self.new_tokens):
+            keys = tokens + n * s  # the new token of each sequence sees its prompt and s generated tokens
+            yield (self.weight_bytes + keys * self.kv_token_bytes,
+                   2 * (self.matmul + self.head) * n + self.attn_flops_per_key * keys)
+
+    @property
+    def decode_bytes(self) -> float:
+        return sum(b for b, _ in list(self.steps())[1:])
+
+    def floors(self, bandwidth: float, flops: float) -> tuple[float, float]:
+        """(roofline, serial) seconds: per step max / sum of bytes / bandwidth and FLOPs / flops."""
+        parts = [(b / bandwidth, f / flops) for b, f in self.steps()]
+        return sum(max(p) for p in parts), sum(sum(p) for p in parts)
 
 
 def prompts_for(n, args, vocab):
@@ -104,9 +147,6 @@ def main():
         ours = ReaLModel.from_pretrained(path, dtype=dtype, device=args.device)
     params = sum(t.numel() for t in hf.parameters())
     elem = torch.empty((), dtype=dtype).element_size()
-    weight_bytes = params * elem
-    kv_token_bytes = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * elem * (
-        config["hidden_size"] // config["num_attention_heads"])
     bandwidth, (flops, flops_by) = copy_bandwidth(args.device), product_ceiling(args.device, dtype)
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, greedy=True)
     eager = args.device == "cuda"
@@ -133,30 +173,29 @@ def main():
         t_eager = statistics.median(times["eager"]) if eager else None
         same = sum(a == b for a, b in zip(ours_out, hf_out))
         tokens = n * args.new_tokens
-        # Each decode step reads every weight once and does 2 * params FLOPs per
-        # sequence: whichever takes longer bounds it. Prefill is compute-bound.
-        step_floor = max(weight_bytes / bandwidth, 2 * params * n / flops)
-        floor = (args.new_tokens - 1) * step_floor + 2 * params * sum(map(len, prompts)) / flops
-        # Bytes the decode steps read: the weights each step, plus each running sequence's cache.
-        mean_context = sum(map(len, prompts)) / n + args.new_tokens / 2
-        decode_bytes = (args.new_tokens - 1) * (weight_bytes + n * mean_context * kv_token_bytes)
+        work = Work(config, elem, prompts, args.new_tokens)
+        roofline, serial = work.floors(bandwidth, flops)
+        embedding = config["vocab_size"] * config["hidden_size"]
+        assert work.weight_bytes // elem + embedding == params, "the floors' shapes miss some of HF's parameters"
         rows.append([n, tokens, t_ours] + ([t_eager] if eager else []) + [
             t_hf, tokens / t_ours, tokens / t_hf, statistics.median(rounds), " / ".join(f"{r:.2f}" for r in rounds)] + (
             [t_eager / t_ours] if eager else []) + [
-            decode_bytes / t_ours / 1e9, 100 * decode_bytes / t_ours / bandwidth, floor,
-            100 * floor / t_ours, t_hf / floor, f"{same}/{n}"])
+            work.decode_bytes / t_ours / 1e9, 100 * work.decode_bytes / t_ours / bandwidth, roofline, serial,
+            100 * roofline / t_ours, t_hf / roofline, t_hf / serial, f"{same}/{n}"])
         print(rows[-1], flush=True)
     table = markdown_table(["prompts", "new tokens", "ours s"] + (["ours eager s"] if eager else []) + [
         "HF s", "ours tok/s", "HF tok/s", "x vs HF", "x vs HF by round"] + (["x graphs vs eager"] if eager else []) + [
-        "ours GB/s", "% of copy", "roofline floor s", "floor % of ours", "x vs HF at floor", "same tokens as HF"],
+        "ours GB/s", "% of copy", "roofline floor s", "serial floor s", "roofline % of ours", "x vs HF at floor",
+        "x vs HF at serial floor", "same tokens as HF"],
         rows)
     note = (f"Machine: {machine(args.device)}; median of {args.repeats} rounds, ours and HF taking turns; "
             f"LLaMA {params / 1e6:.0f}M params ({args.model}), {args.dtype}; "
-            f"prompts of {args.min_len}..{args.max_len} tokens, greedy, {args.new_tokens} new tokens each. Floor: "
-            f"{args.new_tokens - 1} decode steps x max({weight_bytes / 2 ** 20:.0f} MiB of weights at "
-            f"{bandwidth / 1e9:.0f} GB/s (copy, read + write), the step's FLOPs at {flops / 1e9:.0f} GFLOP/s "
-            f"({flops_by}, the faster product here)) + prefill FLOPs; 'ours GB/s' counts the KV cache reads too (over the whole run, prefill "
-            f"included). 'same tokens as HF': sequences identical token for token (rounding can flip a near tie; "
+            f"prompts of {args.min_len}..{args.max_len} tokens, greedy, {args.new_tokens} new tokens each. Floors: "
+            f"bytes at {bandwidth / 1e9:.0f} GB/s (copy, read + write), FLOPs at {flops / 1e9:.0f} GFLOP/s "
+            f"({flops_by}, the faster product here); a decode step reads "
+            f"{work.weight_bytes / 2 ** 20:.0f} MiB of weights plus the running sequences' KV cache. 'ours GB/s': "
+            f"the decode steps' bytes over our whole time (prefill included). "
+            f"'same tokens as HF': sequences identical token for token (rounding can flip a near tie; "
             f"in bfloat16 often).")
     emit(table + "\n\n" + note + "\n", args.out)
     if args.profile:
