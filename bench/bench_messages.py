@@ -55,6 +55,8 @@ def main():
     args = p.parse_args()
     if args.workers < 2:
         p.error(f"--workers must be >= 2, got {args.workers}")
+    if args.mib_per_pair < 1 or args.repeats < 1:
+        p.error(f"--mib-per-pair and --repeats must be >= 1, got {args.mib_per_pair} and {args.repeats}")
     elements = (args.mib_per_pair << 20) // 4
     r = run_workers(worker, args.workers, elements, args.repeats, timeout=1800)[0]
     base = r["times"][0]
