@@ -76,11 +76,13 @@ step attention_long 120 python3 bench/bench_attention.py --device cuda --no-flex
 # worker (the development machines run 4-8 workers on 2 cores), and CPU generation on 2 of its
 # cores (another CPU class than the development machines').
 step realloc 240 python3 bench/bench_realloc.py --repeats 5 --out "$LOGS/realloc.md"
+# What a gloo message costs with a core per worker (on 2 cores, 150-220 us per message at 8 workers).
+step messages 60 python3 bench/bench_messages.py --workers 8 --mib-per-pair 12 --out "$LOGS/messages.md"
 step generate_cpu 150 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_generate.py --batches 64 --repeats 1 \
   --out "$LOGS/generate_cpu.md"
 step decode_cpu 60 env OMP_NUM_THREADS=2 taskset -c 0,1 python3 bench/bench_decode_attention.py \
   --out "$LOGS/decode_cpu.md"
-for f in generate ppo pack decode gae model attention attention_long realloc generate_cpu decode_cpu; do
+for f in generate ppo pack decode gae model attention attention_long realloc messages generate_cpu decode_cpu; do
   [ -f "$LOGS/$f.md" ] && { echo; echo "## $f"; cat "$LOGS/$f.md"; } >>"$SUMMARY"
 done
 for f in "$LOGS"/*.log; do  # the end of every failed or empty table's log
